@@ -454,7 +454,8 @@ impl Builder {
         match key.to_ascii_lowercase().as_str() {
             "nodename" => self.nodename = Some(parse_nodename(value)?),
             "listen_addresses" => c.listen_addresses = parse_nonempty(value)?,
-            "port" => c.port = parse_port(value, 1)?,
+            // 0 = any free port (an extension; the bound port goes to gtm_proxy.port).
+            "port" => c.port = parse_port(value, 0)?,
             "gtm_host" => self.gtm_host = Some(parse_nonempty(value)?),
             "gtm_port" => self.gtm_port = Some(parse_port(value, 1)?),
             "worker_threads" => c.worker_threads = parse_int(value, 1, 1024)? as usize,
@@ -958,7 +959,6 @@ mod tests {
     #[test]
     fn out_of_range_names_file_line_key() {
         for (bad, key) in [
-            ("port = 0", "port"),
             ("port = 65536", "port"),
             ("gtm_port = 70000", "gtm_port"),
             ("worker_threads = 0", "worker_threads"),
@@ -1066,11 +1066,14 @@ mod tests {
         let e = Config::from_str_with(REQUIRED, "f", &cli).expect_err("0 workers");
         assert!(matches!(&e, ConfigError::InvalidOption { option: "-n", key: "worker_threads", .. }), "{e:?}");
         assert!(e.to_string().contains("-n"), "{e}");
-        let cli = CliOverrides { port: Some(0), ..Default::default() };
+        let cli = CliOverrides { gtm_port: Some(0), ..Default::default() };
         assert!(matches!(
             Config::from_str_with(REQUIRED, "f", &cli),
-            Err(ConfigError::InvalidOption { option: "-p", .. })
+            Err(ConfigError::InvalidOption { option: "-t", .. })
         ));
+        // `-p 0` is allowed: listen on any free port.
+        let cli = CliOverrides { port: Some(0), ..Default::default() };
+        assert_eq!(Config::from_str_with(REQUIRED, "f", &cli).expect("port 0").port, 0);
     }
 
     #[test]

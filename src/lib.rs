@@ -3,3 +3,5 @@
 pub mod codec;
 pub mod config;
 pub mod control;
+pub mod proxy;
+pub mod timers;

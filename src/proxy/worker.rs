@@ -1,0 +1,752 @@
+//! One worker: a mio event loop owning a set of backends and one GTM link.
+//!
+//! Each poll round: (1) handle readiness — read backend sockets into their
+//! buffers, read the GTM link and route its answers; (2) process every
+//! backend with unprocessed input (at most one request outstanding each);
+//! (3) flush the round's batch upstream, followed by `F`; (4) write backend
+//! output. Nothing blocks: a silent or slow backend only ever delays itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::Receiver;
+use log::{debug, error, info, warn};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use super::backend::{Backend, Peer, Phase, ReadOutcome, READ_CHUNK, READ_PAUSE};
+use super::batch::{split_answer, Batcher, Forward, Pending, Route};
+use super::ids::{ConnIds, Released};
+use super::upstream::{LinkError, LinkState, Upstream};
+use crate::codec::frame::{self, TAG_CLOSE, TAG_COMMAND, TAG_STARTUP};
+use crate::codec::{ClientFrame, MsgType, Request, ServerFrame, StartupPacket};
+use crate::config::Config;
+use crate::timers::Timers;
+
+const WAKER: Token = Token(0);
+const UPSTREAM: Token = Token(1);
+const FIRST_BACKEND: usize = 2;
+/// Housekeeping period: silent-link and held-request checks.
+const TICK: Duration = Duration::from_millis(250);
+/// Largest frame accepted from a backend.
+const MAX_BACKEND_FRAME: usize = frame::DEFAULT_MAX_FRAME;
+
+/// Orders from the main thread.
+#[derive(Debug)]
+pub enum Control {
+    NewBackend(std::net::TcpStream),
+    /// Move to another GTM (gtm_ctl reconnect).
+    Reconnect {
+        host: String,
+        port: u16,
+    },
+    Shutdown(StopMode),
+}
+
+/// Stop modes, as `gtm_ctl stop -m smart|fast|immediate` (SIGTERM, SIGINT,
+/// SIGQUIT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopMode {
+    /// Stop accepting; wait for backends to leave.
+    Smart,
+    /// Answer what is in flight, then close every backend.
+    Fast,
+    /// Leave at once.
+    Immediate,
+}
+
+/// Counters shared with the main thread (and, later, the metrics endpoint).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub backends: AtomicUsize,
+    pub requests: AtomicU64,
+    pub upstream_frames: AtomicU64,
+    pub errors_sent: AtomicU64,
+    pub link_failures: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerKind {
+    Tick,
+    Reconnect,
+}
+
+pub struct Worker {
+    id: usize,
+    poll: Poll,
+    cfg: Arc<Config>,
+    rx: Receiver<Control>,
+    backends: Slab<Backend>,
+    ids: ConnIds,
+    up: Upstream,
+    batch: Batcher,
+    /// Disconnect messages for identifiers still draining, by identifier.
+    draining_peers: HashMap<i16, Request>,
+    to_process: Vec<usize>,
+    to_write: Vec<usize>,
+    timers: Timers<TimerKind>,
+    reconnect_armed: bool,
+    scratch: Vec<u8>,
+    stats: Arc<WorkerStats>,
+    stopping: Option<(StopMode, Instant)>,
+}
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        rx: Receiver<Control>,
+        stats: Arc<WorkerStats>,
+    ) -> std::io::Result<(Worker, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let up = Upstream::new(cfg.gtm_host.clone(), cfg.gtm_port, cfg.nodename.clone());
+        let w = Worker {
+            id,
+            poll,
+            ids: ConnIds::new(crate::proxy::ids::MAX_IDS),
+            cfg,
+            rx,
+            backends: Slab::new(),
+            up,
+            batch: Batcher::default(),
+            draining_peers: HashMap::new(),
+            to_process: Vec::new(),
+            to_write: Vec::new(),
+            timers: Timers::new(),
+            reconnect_armed: false,
+            scratch: vec![0; READ_CHUNK],
+            stats,
+            stopping: None,
+        };
+        Ok((w, waker))
+    }
+
+    /// Run until stopped.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let now = Instant::now();
+        self.timers.arm_in(now, TICK, TimerKind::Tick);
+        self.connect_upstream();
+        loop {
+            let timeout = self.timers.next_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    error!("worker {}: poll failed: {e}", self.id);
+                    break;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => self.on_control(),
+                    UPSTREAM => self.on_upstream_event(ev.is_readable(), ev.is_writable() || ev.is_error()),
+                    Token(t) => self.on_backend_event(t - FIRST_BACKEND, ev.is_readable(), ev.is_writable()),
+                }
+            }
+            let now = Instant::now();
+            for t in self.timers.expired(now) {
+                self.on_timer(t, now);
+            }
+            self.process_backends();
+            self.flush_batch();
+            self.write_backends();
+            if self.finished() {
+                break;
+            }
+        }
+        self.shutdown_link();
+        info!("worker {} stopped", self.id);
+    }
+
+    fn finished(&mut self) -> bool {
+        let Some((mode, since)) = self.stopping else { return false };
+        match mode {
+            StopMode::Immediate => true,
+            StopMode::Fast => {
+                // Close backends that owe nothing; give the rest a bounded wait.
+                let idle: Vec<usize> = self.backends.iter().filter(|(_, b)| !b.busy).map(|(k, _)| k).collect();
+                for k in idle {
+                    self.close_backend(k, "fast shutdown");
+                }
+                let waited_out = since.elapsed() > Duration::from_secs(5);
+                if waited_out {
+                    let all: Vec<usize> = self.backends.iter().map(|(k, _)| k).collect();
+                    for k in all {
+                        self.close_backend(k, "fast shutdown (answer not received in time)");
+                    }
+                }
+                self.backends.is_empty() && (self.up.fifo.is_empty() || waited_out || !self.up.is_ready())
+            }
+            StopMode::Smart => self.backends.is_empty() && self.up.fifo.is_empty(),
+        }
+    }
+
+    /// Send the last disconnects and close the link politely.
+    fn shutdown_link(&mut self) {
+        if self.up.is_ready() {
+            self.flush_batch();
+            crate::codec::encode_close(&mut self.up.wbuf);
+            let _ = self.up.flush();
+        }
+        self.up.close(self.poll.registry());
+    }
+
+    // ----- control channel -------------------------------------------------
+
+    fn on_control(&mut self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Control::NewBackend(s) => self.add_backend(s),
+                Control::Reconnect { host, port } => {
+                    info!("worker {}: moving to GTM {host}:{port}", self.id);
+                    self.up.host = host;
+                    self.up.port = port;
+                    self.link_failed(LinkError::Refused("reconnect ordered".into()), true);
+                }
+                Control::Shutdown(mode) => {
+                    info!("worker {}: {mode:?} shutdown", self.id);
+                    self.stopping = Some((mode, Instant::now()));
+                }
+            }
+        }
+    }
+
+    fn add_backend(&mut self, std_sock: std::net::TcpStream) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if let Err(e) = std_sock.set_nonblocking(true) {
+            warn!("worker {}: cannot make backend socket non-blocking: {e}", self.id);
+            return;
+        }
+        let mut sock = TcpStream::from_std(std_sock);
+        let entry = self.backends.vacant_entry();
+        let key = entry.key();
+        let Some((conn, gen)) = self.ids.alloc(key) else {
+            warn!("worker {}: no backend identifier left on this GTM link; refusing connection", self.id);
+            let mut b = BytesMut::new();
+            crate::codec::encode_error(
+                &mut b,
+                None,
+                &crate::codec::ErrorFields::new("FATAL", "too many connections to this gtm_proxy worker"),
+            );
+            let _ = std::io::Write::write(&mut sock, &b);
+            return;
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(key + FIRST_BACKEND),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("worker {}: cannot register backend: {e}", self.id);
+            self.ids.release(conn, gen);
+            return;
+        }
+        entry.insert(Backend::new(sock, conn, gen));
+        self.stats.backends.fetch_add(1, Ordering::Relaxed);
+        debug!("worker {}: backend {key} accepted as conn id {conn}", self.id);
+    }
+
+    // ----- backends --------------------------------------------------------
+
+    fn on_backend_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(b) = self.backends.get_mut(key) else { return };
+        if writable && !b.wbuf.is_empty() && !b.write_queued {
+            b.write_queued = true;
+            self.to_write.push(key);
+        }
+        if readable {
+            match b.read(&mut self.scratch) {
+                Ok(ReadOutcome::Open) => {}
+                Ok(ReadOutcome::Eof) => b.closing = true,
+                Err(e) => {
+                    debug!("worker {}: backend {key} read error: {e}", self.id);
+                    b.closing = true;
+                }
+            }
+            if !b.queued {
+                b.queued = true;
+                self.to_process.push(key);
+            }
+        }
+    }
+
+    /// Parse buffered frames of every backend that has some, one request at
+    /// a time per backend.
+    fn process_backends(&mut self) {
+        let mut i = 0;
+        // Answers delivered below may queue more backends; keep going.
+        while i < self.to_process.len() {
+            let key = self.to_process[i];
+            i += 1;
+            if let Some(b) = self.backends.get_mut(key) {
+                b.queued = false;
+            } else {
+                continue;
+            }
+            self.process_backend(key);
+        }
+        self.to_process.clear();
+    }
+
+    fn process_backend(&mut self, key: usize) {
+        loop {
+            let Some(b) = self.backends.get_mut(key) else { return };
+            if b.busy {
+                break;
+            }
+            let raw = match frame::split(&mut b.rbuf, MAX_BACKEND_FRAME) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!("worker {}: backend {key}: {e}; closing it", self.id);
+                    b.send_error("FATAL", &format!("invalid frame: {e}"));
+                    b.closing = true;
+                    b.rbuf.clear();
+                    break;
+                }
+            };
+            self.handle_frame(key, raw);
+        }
+        let Some(b) = self.backends.get_mut(key) else { return };
+        if b.read_paused && b.rbuf.len() < READ_PAUSE {
+            // Edge-triggered: nothing will tell us the socket still has data.
+            match b.read(&mut self.scratch) {
+                Ok(ReadOutcome::Open) => {}
+                Ok(ReadOutcome::Eof) | Err(_) => b.closing = true,
+            }
+            if !b.busy && !b.rbuf.is_empty() && !b.queued {
+                b.queued = true;
+                self.to_process.push(key);
+            }
+        }
+        if !b.wbuf.is_empty() && !b.write_queued {
+            b.write_queued = true;
+            self.to_write.push(key);
+        }
+        if b.closing && !b.busy && b.wbuf.is_empty() {
+            self.close_backend(key, "closed by peer");
+        }
+    }
+
+    fn handle_frame(&mut self, key: usize, raw: crate::codec::RawFrame) {
+        let id = self.id;
+        let Some(b) = self.backends.get_mut(key) else { return };
+        if b.phase == Phase::Startup {
+            if raw.tag != TAG_STARTUP {
+                warn!("worker {id}: backend {key}: first frame is '{}', not a startup packet", raw.tag as char);
+                b.send_error("ERROR", &format!("Expecting a startup message, but received {}", raw.tag as char));
+                b.closing = true;
+                b.rbuf.clear();
+                return;
+            }
+            match StartupPacket::decode(&raw.body) {
+                Ok(sp) => {
+                    b.peer = Some(Peer::from_startup(&sp));
+                    b.phase = Phase::Ready;
+                    crate::codec::startup::encode_ready(&mut b.wbuf, 0);
+                }
+                Err(e) => {
+                    warn!("worker {id}: backend {key}: bad startup packet ({} bytes): {e}", raw.body.len());
+                    b.send_error("FATAL", &format!("invalid startup packet: {e}"));
+                    b.closing = true;
+                    b.rbuf.clear();
+                }
+            }
+            return;
+        }
+        match raw.tag {
+            TAG_COMMAND => {}
+            TAG_CLOSE => {
+                b.closing = true;
+                return;
+            }
+            other => {
+                warn!("worker {id}: backend {key}: unexpected frame type '{}'", other as char);
+                self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+                b.send_error("ERROR", &format!("invalid frontend message type {}", other));
+                return;
+            }
+        }
+        let cmd = match ClientFrame::decode(raw, false) {
+            Ok(ClientFrame::Command(c)) => c,
+            Ok(_) => return,
+            Err(e) => {
+                self.reject(key, &format!("invalid message: {e}"));
+                return;
+            }
+        };
+        let req = match cmd.request() {
+            Ok(r) => r,
+            Err(e) => {
+                self.reject(key, &format!("invalid {} message: {e}", cmd.msg_type));
+                return;
+            }
+        };
+        let route = Route { conn: b.conn, gen: b.gen };
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let grouped = match req {
+            Request::TxnBeginGetGxid(bg) => {
+                self.batch.begins.push((route, bg));
+                None
+            }
+            Request::TxnRollback { gxid } => {
+                self.batch.rollbacks.push((route, gxid));
+                None
+            }
+            Request::TxnCommitMulti(ref v) if v.len() == 1 => {
+                self.batch.commits.push((route, v[0]));
+                None
+            }
+            Request::SnapshotGetMulti(ref v) if v.len() == 1 => {
+                self.batch.snapshots.push((route, v[0]));
+                None
+            }
+            other => Some(other),
+        };
+        let Some(req) = grouped else {
+            self.enqueued(key, route);
+            return;
+        };
+        match classify(&req) {
+            Class::Group => {
+                // Handled above; classify agrees with that match.
+                self.reject(key, "internal error: grouped request not queued");
+            }
+            Class::Forward => {
+                self.batch.forwards.push_back(Forward { route, msg_type: cmd.msg_type, payload: cmd.payload });
+                self.enqueued(key, route);
+            }
+            Class::RewriteBeginMulti => {
+                let Request::TxnBeginGetGxidMulti(mut elems) = req else { return };
+                for e in &mut elems {
+                    e.conn_id = route.conn;
+                }
+                let mut payload = BytesMut::new();
+                Request::TxnBeginGetGxidMulti(elems).encode_payload(&mut payload);
+                self.batch.forwards.push_back(Forward { route, msg_type: cmd.msg_type, payload: payload.freeze() });
+                self.enqueued(key, route);
+            }
+            Class::Refuse(why) => {
+                self.reject(key, &format!("{} is not accepted by gtm_proxy: {why}", cmd.msg_type));
+            }
+            Class::Unknown => {
+                self.reject(key, &format!("invalid frontend message type {}", cmd.msg_type.0));
+            }
+        }
+    }
+
+    fn enqueued(&mut self, key: usize, route: Route) {
+        self.ids.add_inflight(route.conn, route.gen);
+        if let Some(b) = self.backends.get_mut(key) {
+            b.busy = true;
+        }
+    }
+
+    /// Answer one backend with an `E` and go on with the next frame.
+    fn reject(&mut self, key: usize, msg: &str) {
+        warn!("worker {}: backend {key}: {msg}", self.id);
+        self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = self.backends.get_mut(key) {
+            b.send_error("ERROR", msg);
+        }
+    }
+
+    fn write_backends(&mut self) {
+        let limit = self.cfg.backend_output_limit;
+        let keys = std::mem::take(&mut self.to_write);
+        for key in keys {
+            let Some(b) = self.backends.get_mut(key) else { continue };
+            b.write_queued = false;
+            match b.flush() {
+                Ok(true) => {
+                    if b.closing && !b.busy {
+                        self.close_backend(key, "closed by peer");
+                    }
+                }
+                Ok(false) => {
+                    if b.wbuf.len() > limit {
+                        warn!("worker {}: backend {key} does not read its answers; closing it", self.id);
+                        self.close_backend(key, "output limit exceeded");
+                    }
+                }
+                Err(e) => {
+                    debug!("worker {}: backend {key} write error: {e}", self.id);
+                    b.wbuf.clear();
+                    b.closing = true;
+                    if !b.busy {
+                        self.close_backend(key, "write error");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drop the backend's socket. Its identifier drains: once nothing is in
+    /// flight for it, `MSG_BACKEND_DISCONNECT` is sent and it can be reused.
+    fn close_backend(&mut self, key: usize, why: &str) {
+        if !self.backends.contains(key) {
+            return;
+        }
+        let mut b = self.backends.remove(key);
+        let _ = self.poll.registry().deregister(&mut b.sock);
+        self.stats.backends.fetch_sub(1, Ordering::Relaxed);
+        debug!("worker {}: backend {key} (conn id {}) gone: {why}", self.id, b.conn);
+        let disc = b.peer.as_ref().map(Peer::disconnect_request);
+        match self.ids.release(b.conn, b.gen) {
+            Released::Drained => {
+                if let Some(d) = disc {
+                    self.batch.disconnects.push((b.conn, d));
+                }
+            }
+            Released::No => {
+                if let Some(d) = disc {
+                    self.draining_peers.insert(b.conn, d);
+                }
+            }
+        }
+    }
+
+    // ----- upstream --------------------------------------------------------
+
+    fn connect_upstream(&mut self) {
+        self.reconnect_armed = false;
+        if let Err(e) = self.up.connect(self.poll.registry(), UPSTREAM) {
+            self.link_failed(e, false);
+        }
+    }
+
+    fn on_upstream_event(&mut self, readable: bool, writable: bool) {
+        if writable {
+            if let Err(e) = self.up.on_writable() {
+                self.link_failed(e, false);
+                return;
+            }
+        }
+        if readable {
+            loop {
+                if let Err(e) = self.up.read(&mut self.scratch) {
+                    // Route what did arrive before reporting the failure.
+                    let _ = self.route_answers();
+                    self.link_failed(e, false);
+                    return;
+                }
+                if let Err(e) = self.route_answers() {
+                    self.link_failed(e, false);
+                    return;
+                }
+                if !self.up.read_paused() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Decode whole frames from the GTM and hand each answer to its backends.
+    fn route_answers(&mut self) -> Result<(), LinkError> {
+        loop {
+            let raw = match frame::split(&mut self.up.rbuf, frame::DEFAULT_MAX_FRAME * 4) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(LinkError::Protocol(e.to_string())),
+            };
+            let proxied = self.up.state == LinkState::Ready;
+            let f = ServerFrame::decode(raw, proxied).map_err(|e| LinkError::Protocol(e.to_string()))?;
+            if self.up.state == LinkState::Starting {
+                match f {
+                    ServerFrame::Ready { client_id } => {
+                        info!(
+                            "worker {}: connected to GTM {} as client id {client_id}",
+                            self.id,
+                            self.up.addr_string()
+                        );
+                        self.up.client_id = client_id;
+                        self.up.state = LinkState::Ready;
+                        self.up.last_read = Instant::now();
+                        continue;
+                    }
+                    ServerFrame::Error { fields, .. } => return Err(LinkError::Refused(fields.message())),
+                    _ => return Err(LinkError::Protocol("expected the startup answer".into())),
+                }
+            }
+            let Some(pending) = self.up.fifo.pop_front() else {
+                return Err(LinkError::Protocol("answer received while none was owed".into()));
+            };
+            self.stats.upstream_frames.fetch_add(1, Ordering::Relaxed);
+            let mut delivered = Vec::with_capacity(pending.len());
+            let res = split_answer(&pending, &f, |route, answer| {
+                delivered.push(route);
+                if let Some(key) = self.ids.lookup(route.conn, route.gen) {
+                    if let Some(b) = self.backends.get_mut(key) {
+                        answer.encode(&mut b.wbuf);
+                        b.busy = false;
+                        if matches!(answer, super::batch::Answer::Error(_) | super::batch::Answer::ElementFailed { .. })
+                        {
+                            self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if !b.queued {
+                            b.queued = true;
+                            self.to_process.push(key);
+                        }
+                    }
+                }
+            });
+            if let Err(e) = res {
+                // Put the entry back: the owner decides what to do with it.
+                self.up.fifo.push_front(pending);
+                return Err(LinkError::Protocol(e.to_string()));
+            }
+            for route in delivered {
+                self.request_done(route);
+            }
+        }
+    }
+
+    fn request_done(&mut self, route: Route) {
+        if self.ids.done_inflight(route.conn, route.gen) == Released::Drained {
+            if let Some(d) = self.draining_peers.remove(&route.conn) {
+                self.batch.disconnects.push((route.conn, d));
+            }
+        }
+    }
+
+    fn flush_batch(&mut self) {
+        if !self.up.is_ready() || self.batch.is_empty() {
+            return;
+        }
+        let n = self.batch.flush(self.cfg.batch_max, &mut self.up.wbuf, &mut self.up.fifo);
+        if n > 0 && self.up.fifo.len() == n {
+            // Nothing was owed before: the silence clock starts now.
+            self.up.last_read = Instant::now();
+        }
+        if let Err(e) = self.up.flush() {
+            self.link_failed(e, false);
+        }
+    }
+
+    /// The GTM link is unusable. Work that was sent and not answered is
+    /// failed to its backends with an `E` (nothing is lost silently); work
+    /// not yet sent stays held and goes out on the next link.
+    fn link_failed(&mut self, err: LinkError, immediate_retry: bool) {
+        let was = self.up.state;
+        self.up.close(self.poll.registry());
+        if was != LinkState::Down || !self.up.fifo.is_empty() {
+            self.stats.link_failures.fetch_add(1, Ordering::Relaxed);
+            error!("worker {}: GTM link {} lost: {err}", self.id, self.up.addr_string());
+        } else {
+            warn!("worker {}: cannot reach GTM {}: {err}", self.id, self.up.addr_string());
+        }
+        let owed: Vec<Pending> = self.up.fifo.drain(..).collect();
+        let msg = format!("GTM connection lost: {err}");
+        for p in owed {
+            for route in p.routes() {
+                if let Some(key) = self.ids.lookup(route.conn, route.gen) {
+                    if let Some(b) = self.backends.get_mut(key) {
+                        b.send_error("ERROR", &msg);
+                        b.busy = false;
+                        self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+                        if !b.queued {
+                            b.queued = true;
+                            self.to_process.push(key);
+                        }
+                    }
+                }
+                self.request_done(route);
+            }
+        }
+        if immediate_retry {
+            self.connect_upstream();
+        } else if !self.reconnect_armed {
+            self.reconnect_armed = true;
+            let wait = self.cfg.gtm_connect_retry_interval.max(Duration::from_millis(100));
+            self.timers.arm_in(Instant::now(), wait, TimerKind::Reconnect);
+        }
+    }
+
+    fn on_timer(&mut self, t: TimerKind, now: Instant) {
+        match t {
+            TimerKind::Tick => {
+                self.timers.arm_in(now, TICK, TimerKind::Tick);
+                let limit = self.cfg.upstream_timeout;
+                if self.up.is_ready()
+                    && !limit.is_zero()
+                    && !self.up.fifo.is_empty()
+                    && now.duration_since(self.up.last_read) > limit
+                {
+                    let n = self.up.fifo.len();
+                    self.link_failed(LinkError::Silent(limit, n), false);
+                }
+            }
+            TimerKind::Reconnect => {
+                if self.up.state == LinkState::Down {
+                    self.connect_upstream();
+                } else {
+                    self.reconnect_armed = false;
+                }
+            }
+        }
+    }
+}
+
+/// What the proxy does with a request type.
+#[derive(Debug, PartialEq, Eq)]
+enum Class {
+    /// Grouped into a `*_MULTI`.
+    Group,
+    /// Sent 1:1 with the backend's identifier in the header.
+    Forward,
+    /// A backend's own begin MULTI: forwarded with every element's
+    /// connection id set to the backend's identifier.
+    RewriteBeginMulti,
+    /// A GTM message no backend may send through a proxy.
+    Refuse(&'static str),
+    /// Not an XL 10 message type.
+    Unknown,
+}
+
+fn classify(req: &Request) -> Class {
+    use Request::*;
+    match req {
+        TxnBeginGetGxid(_) | TxnRollback { .. } => Class::Group,
+        TxnCommitMulti(v) | SnapshotGetMulti(v) if v.len() == 1 => Class::Group,
+        TxnBeginGetGxidMulti(_) => Class::RewriteBeginMulti,
+        BackendDisconnect { .. } => Class::Refuse("only the proxy sends it"),
+        SequenceGetLast { .. } => Class::Refuse("the GTM never answers it"),
+        Other { msg_type, .. } => match *msg_type {
+            MsgType::TXN_GET_STATUS | MsgType::TXN_GET_ALL_PREPARED => Class::Refuse("the GTM never answers it"),
+            MsgType::NODE_LIST | MsgType::TXN_GXID_LIST | MsgType::SEQUENCE_LIST => Class::Forward,
+            t if t.name().is_some() => Class::Refuse("standby and internal messages are not proxied"),
+            _ => Class::Unknown,
+        },
+        _ => Class::Forward,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn classification() {
+        let b = crate::codec::Begin { isolation: 1, read_only: false, session_id: Bytes::from_static(b"\0") };
+        assert_eq!(classify(&Request::TxnBeginGetGxid(b.clone())), Class::Group);
+        assert_eq!(classify(&Request::TxnCommitMulti(vec![1])), Class::Group);
+        assert_eq!(classify(&Request::TxnCommitMulti(vec![1, 2])), Class::Forward);
+        assert_eq!(classify(&Request::SnapshotGetMulti(vec![0])), Class::Group);
+        assert_eq!(classify(&Request::TxnRollback { gxid: 5 }), Class::Group);
+        assert_eq!(classify(&Request::TxnBegin(b)), Class::Forward);
+        assert_eq!(classify(&Request::TxnGetGxid { handle: 1 }), Class::Forward);
+        assert_eq!(classify(&Request::SnapshotGxidGet { count: 1, gxid: 3 }), Class::Forward);
+        assert!(matches!(classify(&Request::SequenceGetLast { key: Bytes::new() }), Class::Refuse(_)));
+        let other = |t| Request::Other { msg_type: MsgType(t), payload: Bytes::new() };
+        assert!(matches!(classify(&other(59)), Class::Refuse(_)));
+        assert!(matches!(classify(&other(12)), Class::Refuse(_)));
+        assert_eq!(classify(&other(99)), Class::Unknown);
+        assert_eq!(classify(&other(9)), Class::Forward);
+    }
+}
