@@ -64,6 +64,10 @@ pub struct Backend {
     pub busy: bool,
     /// EOF or `X` seen: close once nothing is owed.
     pub closing: bool,
+    /// The backend said goodbye with `X` (rather than vanishing).
+    pub clean_close: bool,
+    /// When the outstanding request was received.
+    pub since: std::time::Instant,
     /// Reading stopped because `rbuf` is full; resume when it drains.
     pub read_paused: bool,
     /// Queued in the worker's to-process list this round.
@@ -93,6 +97,8 @@ impl Backend {
             peer: None,
             busy: false,
             closing: false,
+            clean_close: false,
+            since: std::time::Instant::now(),
             read_paused: false,
             queued: false,
             write_queued: false,

@@ -173,6 +173,29 @@ impl Batcher {
         }
     }
 
+    /// Remove every queued request of one backend. Returns how many were
+    /// removed.
+    pub fn drop_route(&mut self, route: Route) -> usize {
+        let before = self.len();
+        self.forwards.retain(|f| f.route != route);
+        self.begins.retain(|(r, _)| *r != route);
+        self.commits.retain(|(r, _)| *r != route);
+        self.rollbacks.retain(|(r, _)| *r != route);
+        self.snapshots.retain(|(r, _)| *r != route);
+        before - self.len()
+    }
+
+    /// Remove every queued request (disconnects stay) and return whom they
+    /// belonged to.
+    pub fn take_routes(&mut self) -> Vec<Route> {
+        let mut out: Vec<Route> = self.forwards.drain(..).map(|f| f.route).collect();
+        out.extend(self.begins.drain(..).map(|(r, _)| r));
+        out.extend(self.commits.drain(..).map(|(r, _)| r));
+        out.extend(self.rollbacks.drain(..).map(|(r, _)| r));
+        out.extend(self.snapshots.drain(..).map(|(r, _)| r));
+        out
+    }
+
     /// Write everything collected as upstream frames, followed by one `F`, and
     /// record what each frame owes in `fifo`. `max` caps MULTI sizes
     /// (1..=16384). Returns the number of frames that owe an answer.
@@ -260,9 +283,11 @@ pub enum Answer<'a> {
     RollbackOk {
         gxid: u32,
     },
-    /// A one-element snapshot answer; `snapshot` is the encoded snapshot.
+    /// A one-element snapshot answer; `snapshot` is the encoded snapshot,
+    /// `status` the GTM's status for the element (the backend is sent 0).
     Snapshot {
         snapshot: &'a [u8],
+        status: i32,
     },
     /// A grouped element the GTM refused (status ≠ OK).
     ElementFailed {
@@ -290,7 +315,7 @@ impl Answer<'_> {
                 d.put_i32_le(status::OK);
             }),
             Answer::RollbackOk { gxid } => result_frame(dst, ResultType::TXN_ROLLBACK_RESULT, |d| d.put_u32_le(*gxid)),
-            Answer::Snapshot { snapshot } => result_frame(dst, ResultType::SNAPSHOT_GET_MULTI_RESULT, |d| {
+            Answer::Snapshot { snapshot, .. } => result_frame(dst, ResultType::SNAPSHOT_GET_MULTI_RESULT, |d| {
                 d.put_i32_le(1);
                 d.put_i32_le(status::OK);
                 d.extend_from_slice(snapshot);
@@ -312,11 +337,12 @@ fn result_frame(dst: &mut BytesMut, t: ResultType, body: impl FnOnce(&mut BytesM
 }
 
 /// Split the GTM's answer to `pending` into per-backend answers, handed to
-/// `deliver` in element order.
+/// `deliver` in element order together with the element's GXID (the one the
+/// request named, or the one a begin obtained; 0 for forwarded requests).
 pub fn split_answer(
     pending: &Pending,
     frame: &ServerFrame,
-    mut deliver: impl FnMut(Route, &Answer<'_>),
+    mut deliver: impl FnMut(Route, u32, &Answer<'_>),
 ) -> Result<(), SyncError> {
     let want = pending.header();
     let (header, result) = match frame {
@@ -331,32 +357,41 @@ pub fn split_answer(
         // An error applies to every element of the request.
         let ServerFrame::Error { fields, .. } = frame else { return Err(SyncError::Unexpected) };
         let a = Answer::Error(fields);
-        for route in pending.routes() {
-            deliver(route, &a);
+        match pending {
+            Pending::Commit(v) | Pending::Rollback(v) | Pending::Snapshot(v) => {
+                for (route, gxid) in v {
+                    deliver(*route, *gxid, &a);
+                }
+            }
+            _ => {
+                for route in pending.routes() {
+                    deliver(route, 0, &a);
+                }
+            }
         }
         return Ok(());
     };
     match pending {
         Pending::Forward(f) => {
-            deliver(f.route, &Answer::Result { result_type: r.result_type, payload: &r.payload });
+            deliver(f.route, 0, &Answer::Result { result_type: r.result_type, payload: &r.payload });
         }
         Pending::Begin(v) => {
             let Response::TxnBeginGetGxidMulti { gxids, timestamp } = expect(r, "begin", v.len())? else {
                 return Err(SyncError::Unexpected);
             };
             for ((route, _), gxid) in v.iter().zip(gxids) {
-                deliver(*route, &Answer::Begin { gxid, timestamp });
+                deliver(*route, gxid, &Answer::Begin { gxid, timestamp });
             }
         }
         Pending::Commit(v) => {
             let Response::TxnCommitMulti { statuses } = expect(r, "commit", v.len())? else {
                 return Err(SyncError::Unexpected);
             };
-            for ((route, _), s) in v.iter().zip(statuses) {
+            for ((route, gxid), s) in v.iter().zip(statuses) {
                 if s == status::OK {
-                    deliver(*route, &Answer::CommitOk);
+                    deliver(*route, *gxid, &Answer::CommitOk);
                 } else {
-                    deliver(*route, &Answer::ElementFailed { what: "Transaction commit failed", status: s });
+                    deliver(*route, *gxid, &Answer::ElementFailed { what: "Transaction commit failed", status: s });
                 }
             }
         }
@@ -366,9 +401,9 @@ pub fn split_answer(
             };
             for ((route, gxid), s) in v.iter().zip(statuses) {
                 if s == status::OK {
-                    deliver(*route, &Answer::RollbackOk { gxid: *gxid });
+                    deliver(*route, *gxid, &Answer::RollbackOk { gxid: *gxid });
                 } else {
-                    deliver(*route, &Answer::ElementFailed { what: "Transaction rollback failed", status: s });
+                    deliver(*route, *gxid, &Answer::ElementFailed { what: "Transaction rollback failed", status: s });
                 }
             }
         }
@@ -378,11 +413,11 @@ pub fn split_answer(
             };
             let mut enc = BytesMut::with_capacity(12 + 4 * snapshot.xip.len());
             snapshot.encode(&mut enc);
-            for ((route, _), s) in v.iter().zip(statuses) {
+            for ((route, gxid), s) in v.iter().zip(statuses) {
                 if s == status::OK || s == status::NOT_FOUND {
-                    deliver(*route, &Answer::Snapshot { snapshot: &enc });
+                    deliver(*route, *gxid, &Answer::Snapshot { snapshot: &enc, status: s });
                 } else {
-                    deliver(*route, &Answer::ElementFailed { what: "snapshot request failed", status: s });
+                    deliver(*route, *gxid, &Answer::ElementFailed { what: "snapshot request failed", status: s });
                 }
             }
         }
@@ -519,7 +554,7 @@ mod tests {
         let p = Pending::Begin(vec![(r(0), begin(b"\0")), (r(1), begin(b"\0")), (r(2), begin(b"\0"))]);
         let f = answer(Response::TxnBeginGetGxidMulti { gxids: vec![10003, 10004, 10005], timestamp: 77 }, -1);
         let mut got = Vec::new();
-        split_answer(&p, &f, |route, a| {
+        split_answer(&p, &f, |route, _, a| {
             let mut b = BytesMut::new();
             a.encode(&mut b);
             got.push((route, b.to_vec()));
@@ -535,7 +570,7 @@ mod tests {
         let p = Pending::Snapshot(vec![(r(0), 0), (r(1), 6)]);
         let f = answer(Response::SnapshotGetMulti { statuses: vec![3, 0], snapshot: snap.clone() }, -1);
         let mut got = Vec::new();
-        split_answer(&p, &f, |route, a| {
+        split_answer(&p, &f, |route, _, a| {
             let mut b = BytesMut::new();
             a.encode(&mut b);
             got.push((route, b.to_vec()));
@@ -551,7 +586,7 @@ mod tests {
         let p = Pending::Commit(vec![(r(0), 10), (r(1), 11), (r(2), 12)]);
         let f = answer(Response::TxnCommitMulti { statuses: vec![0, -1, 0] }, -1);
         let mut got = Vec::new();
-        split_answer(&p, &f, |route, a| got.push((route, format!("{a:?}")))).unwrap();
+        split_answer(&p, &f, |route, _, a| got.push((route, format!("{a:?}")))).unwrap();
         assert_eq!(got[0], (r(0), "CommitOk".to_string()));
         assert!(got[1].1.starts_with("ElementFailed"), "{:?}", got[1]);
         assert_eq!(got[2], (r(2), "CommitOk".to_string()));
@@ -559,7 +594,7 @@ mod tests {
         let p = Pending::Rollback(vec![(r(0), 10), (r(1), 11)]);
         let f = answer(Response::TxnRollbackMulti { statuses: vec![-1, 0] }, -1);
         let mut got = Vec::new();
-        split_answer(&p, &f, |route, a| got.push((route, format!("{a:?}")))).unwrap();
+        split_answer(&p, &f, |route, _, a| got.push((route, format!("{a:?}")))).unwrap();
         assert!(got[0].1.starts_with("ElementFailed"));
         assert_eq!(got[1], (r(1), "RollbackOk { gxid: 11 }".to_string()));
     }
@@ -571,7 +606,7 @@ mod tests {
         encode_error(&mut b, Some(-1), &ErrorFields::new("ERROR", "Max global transactions limit reached (16384)"));
         let f = ServerFrame::decode(frame::split(&mut b, DEFAULT_MAX_FRAME).unwrap().unwrap(), true).unwrap();
         let mut n = 0;
-        split_answer(&p, &f, |_, a| {
+        split_answer(&p, &f, |_, _, a| {
             assert!(matches!(a, Answer::Error(e) if e.message().starts_with("Max global")));
             n += 1;
         })
@@ -581,7 +616,7 @@ mod tests {
         let p = Pending::Forward(Forward { route: r(7), msg_type: MsgType::REGISTER_SESSION, payload: Bytes::new() });
         let f = answer(Response::RegisterSession, 7);
         let mut out = BytesMut::new();
-        split_answer(&p, &f, |_, a| a.encode(&mut out)).unwrap();
+        split_answer(&p, &f, |_, _, a| a.encode(&mut out)).unwrap();
         assert_eq!(&out[..], &[0x53, 0, 0, 0, 8, 0, 0, 0, 3]);
     }
 
@@ -589,12 +624,12 @@ mod tests {
     fn out_of_step_answers_are_refused() {
         let p = Pending::Forward(Forward { route: r(7), msg_type: MsgType::REGISTER_SESSION, payload: Bytes::new() });
         let f = answer(Response::RegisterSession, 6);
-        assert!(matches!(split_answer(&p, &f, |_, _| {}), Err(SyncError::Header { .. })));
+        assert!(matches!(split_answer(&p, &f, |_, _, _| {}), Err(SyncError::Header { .. })));
         let p = Pending::Commit(vec![(r(0), 1), (r(1), 2)]);
         let f = answer(Response::TxnCommitMulti { statuses: vec![0] }, -1);
-        assert!(matches!(split_answer(&p, &f, |_, _| {}), Err(SyncError::Count { got: 1, want: 2 })));
+        assert!(matches!(split_answer(&p, &f, |_, _, _| {}), Err(SyncError::Count { got: 1, want: 2 })));
         let f = answer(Response::TxnRollbackMulti { statuses: vec![0, 0] }, -1);
-        assert!(matches!(split_answer(&p, &f, |_, _| {}), Err(SyncError::Type { .. })));
+        assert!(matches!(split_answer(&p, &f, |_, _, _| {}), Err(SyncError::Type { .. })));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 
 pub mod backend;
 pub mod batch;
+pub mod failover;
 pub mod ids;
+pub mod ledger;
 pub mod net;
 pub mod registration;
 pub mod upstream;
@@ -97,11 +99,13 @@ pub fn run(cfg: Config, argv: &[String]) -> Result<(), ProxyError> {
     let mut reg = Some(RegLink::register(&gtm.0, gtm.1, &me)?);
 
     let cfg = Arc::new(cfg);
+    let high = Arc::new(ledger::HighWater::default());
     let mut workers = Vec::with_capacity(cfg.worker_threads);
     for i in 0..cfg.worker_threads {
         let (tx, rx) = unbounded();
         let stats = Arc::new(WorkerStats::default());
-        let (w, waker) = Worker::new(i, cfg.clone(), rx, stats.clone()).map_err(|e| ProxyError::Io("worker", e))?;
+        let (w, waker) =
+            Worker::new(i, cfg.clone(), rx, stats.clone(), high.clone()).map_err(|e| ProxyError::Io("worker", e))?;
         let thread = std::thread::Builder::new()
             .name(format!("gtm_proxy worker {i}"))
             .spawn(move || w.run())

@@ -19,13 +19,15 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::backend::{Backend, Peer, Phase, ReadOutcome, READ_CHUNK, READ_PAUSE};
-use super::batch::{split_answer, Batcher, Forward, Pending, Route};
+use super::batch::{split_answer, Answer, Batcher, Forward, Pending, Route};
+use super::failover::{Action, Failover, Policy};
 use super::ids::{ConnIds, Released};
+use super::ledger::{gxid_after, GxState, HighWater, Ledger};
 use super::upstream::{LinkError, LinkState, Upstream};
 use crate::codec::frame::{self, TAG_CLOSE, TAG_COMMAND, TAG_STARTUP};
-use crate::codec::{ClientFrame, MsgType, Request, ServerFrame, StartupPacket};
+use crate::codec::{ClientFrame, ErrorFields, MsgType, Request, ServerFrame, StartupPacket};
 use crate::config::Config;
-use crate::timers::Timers;
+use crate::timers::{TimerId, Timers};
 
 const WAKER: Token = Token(0);
 const UPSTREAM: Token = Token(1);
@@ -72,8 +74,12 @@ pub struct WorkerStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKind {
     Tick,
-    Reconnect,
+    Failover,
 }
+
+/// Route of the proxy's own requests (rollbacks of GXIDs it refuses or
+/// cleans up): its answers are dropped.
+const INTERNAL: Route = Route { conn: -1, gen: 0 };
 
 pub struct Worker {
     id: usize,
@@ -89,7 +95,22 @@ pub struct Worker {
     to_process: Vec<usize>,
     to_write: Vec<usize>,
     timers: Timers<TimerKind>,
-    reconnect_armed: bool,
+    failover: Failover,
+    failover_timer: Option<TimerId>,
+    /// Why the link is down (for the errors held requests get).
+    down_reason: String,
+    ledger: Ledger,
+    high: Arc<HighWater>,
+    /// Highest GXID handed out by this proxy when the current link became
+    /// ready: the GTM must hand out GXIDs above it.
+    link_floor: u32,
+    /// Highest GXID handed out before the last link loss: an unknown-GXID
+    /// answer to a commit or rollback of such a GXID means it is done.
+    replay_floor: u32,
+    /// The GTM granted the client id this link had before: it is a promoted
+    /// standby, where (client id, backend id) may match other links'
+    /// transactions, so `MSG_BACKEND_DISCONNECT` is not safe any more.
+    keys_unreliable: bool,
     scratch: Vec<u8>,
     stats: Arc<WorkerStats>,
     stopping: Option<(StopMode, Instant)>,
@@ -101,10 +122,12 @@ impl Worker {
         cfg: Arc<Config>,
         rx: Receiver<Control>,
         stats: Arc<WorkerStats>,
+        high: Arc<HighWater>,
     ) -> std::io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let up = Upstream::new(cfg.gtm_host.clone(), cfg.gtm_port, cfg.nodename.clone());
+        let policy = Policy::from_config(&cfg);
         let w = Worker {
             id,
             poll,
@@ -118,7 +141,14 @@ impl Worker {
             to_process: Vec::new(),
             to_write: Vec::new(),
             timers: Timers::new(),
-            reconnect_armed: false,
+            failover: Failover::new(policy),
+            failover_timer: None,
+            down_reason: "not connected yet".into(),
+            ledger: Ledger::default(),
+            high,
+            link_floor: 0,
+            replay_floor: 0,
+            keys_unreliable: false,
             scratch: vec![0; READ_CHUNK],
             stats,
             stopping: None,
@@ -363,6 +393,7 @@ impl Worker {
             TAG_COMMAND => {}
             TAG_CLOSE => {
                 b.closing = true;
+                b.clean_close = true;
                 return;
             }
             other => {
@@ -389,6 +420,33 @@ impl Worker {
         };
         let route = Route { conn: b.conn, gen: b.gen };
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if !self.up.is_ready() {
+            if !self.failover.holding() {
+                let msg = format!("GTM unavailable: {}", self.down_reason);
+                self.reject(key, &msg);
+                return;
+            }
+            if self.batch.len() >= self.cfg.hold_max_requests {
+                let msg = format!(
+                    "GTM unavailable: {} (hold_max_requests = {} requests already waiting)",
+                    self.down_reason, self.cfg.hold_max_requests
+                );
+                self.reject(key, &msg);
+                return;
+            }
+        }
+        match &req {
+            Request::TxnCommitMulti(v) | Request::TxnRollbackMulti(v) => v.iter().for_each(|g| self.ledger.ending(*g)),
+            Request::TxnRollback { gxid }
+            | Request::TxnCommit { gxid, .. }
+            | Request::TxnPrepare { gxid }
+            | Request::TxnStartPrepared { gxid, .. } => self.ledger.ending(*gxid),
+            Request::TxnCommitPrepared { gxid, prepared_gxid, .. } => {
+                self.ledger.ending(*gxid);
+                self.ledger.ending(*prepared_gxid);
+            }
+            _ => {}
+        }
         let grouped = match req {
             Request::TxnBeginGetGxid(bg) => {
                 self.batch.begins.push((route, bg));
@@ -444,6 +502,7 @@ impl Worker {
         self.ids.add_inflight(route.conn, route.gen);
         if let Some(b) = self.backends.get_mut(key) {
             b.busy = true;
+            b.since = Instant::now();
         }
     }
 
@@ -496,7 +555,23 @@ impl Worker {
         let _ = self.poll.registry().deregister(&mut b.sock);
         self.stats.backends.fetch_sub(1, Ordering::Relaxed);
         debug!("worker {}: backend {key} (conn id {}) gone: {why}", self.id, b.conn);
-        let disc = b.peer.as_ref().map(Peer::disconnect_request);
+        let left = self.ledger.forget_backend(b.conn, b.gen);
+        let mut disc = b.peer.as_ref().map(Peer::disconnect_request);
+        if self.keys_unreliable {
+            // After a promotion the GTM's (client id, backend id) keys may
+            // name other links' transactions: end only what is provably idle
+            // (open, nothing in flight, backend left cleanly) and leave the
+            // rest, rather than risk ending a transaction being committed.
+            disc = None;
+            for (gxid, state) in left {
+                if state == GxState::Open && b.clean_close && !b.busy {
+                    info!("worker {}: rolling back GXID {gxid} of departed backend {key}", self.id);
+                    self.batch.rollbacks.push((INTERNAL, gxid));
+                } else {
+                    info!("worker {}: leaving GXID {gxid} of departed backend {key} to the GTM", self.id);
+                }
+            }
+        }
         match self.ids.release(b.conn, b.gen) {
             Released::Drained => {
                 if let Some(d) = disc {
@@ -514,7 +589,6 @@ impl Worker {
     // ----- upstream --------------------------------------------------------
 
     fn connect_upstream(&mut self) {
-        self.reconnect_armed = false;
         if let Err(e) = self.up.connect(self.poll.registry(), UPSTREAM) {
             self.link_failed(e, false);
         }
@@ -564,9 +638,27 @@ impl Worker {
                             self.id,
                             self.up.addr_string()
                         );
+                        let asked = self.up.client_id;
+                        if asked != 0 && asked == client_id {
+                            warn!(
+                                "worker {}: GTM {} granted this link's previous client id {client_id}: \
+                                 treating it as a promoted standby (backend disconnects are no longer sent)",
+                                self.id,
+                                self.up.addr_string()
+                            );
+                            self.keys_unreliable = true;
+                        }
                         self.up.client_id = client_id;
                         self.up.state = LinkState::Ready;
                         self.up.last_read = Instant::now();
+                        self.link_floor = self.high.get();
+                        self.failover.on_connected();
+                        if let Some(t) = self.failover_timer.take() {
+                            self.timers.cancel(t);
+                        }
+                        if !self.batch.is_empty() {
+                            info!("worker {}: sending {} held requests", self.id, self.batch.len());
+                        }
                         continue;
                     }
                     ServerFrame::Error { fields, .. } => return Err(LinkError::Refused(fields.message())),
@@ -578,14 +670,65 @@ impl Worker {
             };
             self.stats.upstream_frames.fetch_add(1, Ordering::Relaxed);
             let mut delivered = Vec::with_capacity(pending.len());
-            let res = split_answer(&pending, &f, |route, answer| {
+            let mut refused = Vec::new();
+            let (link_floor, replay_floor) = (self.link_floor, self.replay_floor);
+            let is_commit = matches!(pending, Pending::Commit(_));
+            let id = self.id;
+            let res = split_answer(&pending, &f, |route, gxid, answer| {
                 delivered.push(route);
+                let owned_err: ErrorFields;
+                let owned_ans: Answer<'_>;
+                let mut a = answer;
+                match answer {
+                    Answer::Begin { gxid, .. } => {
+                        let stale = link_floor != 0 && !gxid_after(*gxid, link_floor);
+                        if stale || self.ledger.state(*gxid).is_some() {
+                            error!(
+                                "worker {id}: GTM handed out GXID {gxid}, not above GXID {link_floor} already handed \
+                                 out by this proxy: refusing it to avoid duplicate transaction ids"
+                            );
+                            refused.push(*gxid);
+                            owned_err = ErrorFields::new("ERROR", "GTM handed out a GXID that was already in use")
+                                .with_detail(&format!(
+                                    "GXID {gxid} is not above {link_floor}, the highest GXID handed out before; \
+                                     the GTM's state is behind this proxy's"
+                                ));
+                            owned_ans = Answer::Error(&owned_err);
+                            a = &owned_ans;
+                        } else {
+                            self.ledger.begun(route, *gxid);
+                            self.high.observe(*gxid);
+                        }
+                    }
+                    Answer::CommitOk | Answer::RollbackOk { .. } => self.ledger.ended(gxid),
+                    Answer::ElementFailed { status: -1, .. }
+                        if replay_floor != 0 && gxid != 0 && !gxid_after(gxid, replay_floor) =>
+                    {
+                        warn!("worker {id}: GTM does not know GXID {gxid} any more; its end is reported as done");
+                        self.ledger.ended(gxid);
+                        owned_ans = if is_commit { Answer::CommitOk } else { Answer::RollbackOk { gxid } };
+                        a = &owned_ans;
+                    }
+                    Answer::Snapshot { status: crate::codec::types::status::NOT_FOUND, .. }
+                        if gxid != 0 && self.ledger.is_open(gxid) =>
+                    {
+                        error!("worker {id}: GTM lost open transaction {gxid}; its backend must abort");
+                        owned_err =
+                            ErrorFields::new("ERROR", "transaction is unknown to the GTM").with_detail(&format!(
+                                "GXID {gxid} was handed out by this proxy and is still open, but the GTM no longer \
+                                 knows it (GTM restart or failover lost it); the transaction must be aborted"
+                            ));
+                        owned_ans = Answer::Error(&owned_err);
+                        a = &owned_ans;
+                        self.ledger.ended(gxid);
+                    }
+                    _ => {}
+                }
                 if let Some(key) = self.ids.lookup(route.conn, route.gen) {
                     if let Some(b) = self.backends.get_mut(key) {
-                        answer.encode(&mut b.wbuf);
+                        a.encode(&mut b.wbuf);
                         b.busy = false;
-                        if matches!(answer, super::batch::Answer::Error(_) | super::batch::Answer::ElementFailed { .. })
-                        {
+                        if matches!(a, Answer::Error(_) | Answer::ElementFailed { .. }) {
                             self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
                         }
                         if !b.queued {
@@ -595,6 +738,9 @@ impl Worker {
                     }
                 }
             });
+            for g in refused {
+                self.batch.rollbacks.push((INTERNAL, g));
+            }
             if let Err(e) = res {
                 // Put the entry back: the owner decides what to do with it.
                 self.up.fifo.push_front(pending);
@@ -628,42 +774,98 @@ impl Worker {
         }
     }
 
-    /// The GTM link is unusable. Work that was sent and not answered is
-    /// failed to its backends with an `E` (nothing is lost silently); work
-    /// not yet sent stays held and goes out on the next link.
-    fn link_failed(&mut self, err: LinkError, immediate_retry: bool) {
+    /// The GTM link is unusable (or a connection attempt failed). Work that
+    /// was sent and not answered goes back in front of the held requests, to
+    /// be replayed on the next link; the failover stages decide when that is.
+    fn link_failed(&mut self, err: LinkError, ordered: bool) {
         let was = self.up.state;
         self.up.close(self.poll.registry());
-        if was != LinkState::Down || !self.up.fifo.is_empty() {
+        let owed = self.up.fifo.len();
+        if was == LinkState::Ready {
             self.stats.link_failures.fetch_add(1, Ordering::Relaxed);
-            error!("worker {}: GTM link {} lost: {err}", self.id, self.up.addr_string());
-        } else {
-            warn!("worker {}: cannot reach GTM {}: {err}", self.id, self.up.addr_string());
+            error!(
+                "worker {}: GTM link {} lost: {err}; {owed} requests in flight will be replayed, {} held",
+                self.id,
+                self.up.addr_string(),
+                self.batch.len()
+            );
+        } else if !ordered {
+            warn!("worker {}: cannot connect to GTM {}: {err}", self.id, self.up.addr_string());
         }
-        let owed: Vec<Pending> = self.up.fifo.drain(..).collect();
-        let msg = format!("GTM connection lost: {err}");
-        for p in owed {
-            for route in p.routes() {
-                if let Some(key) = self.ids.lookup(route.conn, route.gen) {
-                    if let Some(b) = self.backends.get_mut(key) {
-                        b.send_error("ERROR", &msg);
-                        b.busy = false;
-                        self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
-                        if !b.queued {
-                            b.queued = true;
-                            self.to_process.push(key);
-                        }
-                    }
+        while let Some(p) = self.up.fifo.pop_back() {
+            self.batch.requeue(p);
+        }
+        if was == LinkState::Ready {
+            self.replay_floor = self.high.get();
+        }
+        if !ordered {
+            self.down_reason = format!("{err} (GTM {})", self.up.addr_string());
+        }
+        let action = if ordered {
+            self.failover.on_reconnect_order()
+        } else if was == LinkState::Ready {
+            self.failover.on_link_lost()
+        } else {
+            self.failover.on_attempt_failed()
+        };
+        self.perform(action);
+    }
+
+    fn perform(&mut self, action: Action) {
+        if let Some(t) = self.failover_timer.take() {
+            self.timers.cancel(t);
+        }
+        match action {
+            Action::Connect => self.connect_upstream(),
+            Action::Wait(d) => {
+                self.failover_timer = Some(self.timers.arm_in(Instant::now(), d, TimerKind::Failover));
+            }
+            Action::FailHeldAndWait(d) => {
+                error!(
+                    "worker {}: GTM unavailable, giving up on {} held requests; still retrying every {d:?}",
+                    self.id,
+                    self.batch.len()
+                );
+                let msg = format!("GTM unavailable: {}", self.down_reason);
+                for route in self.batch.take_routes() {
+                    self.fail_request(route, &msg);
                 }
-                self.request_done(route);
+                self.failover_timer = Some(self.timers.arm_in(Instant::now(), d, TimerKind::Failover));
             }
         }
-        if immediate_retry {
-            self.connect_upstream();
-        } else if !self.reconnect_armed {
-            self.reconnect_armed = true;
-            let wait = self.cfg.gtm_connect_retry_interval.max(Duration::from_millis(100));
-            self.timers.arm_in(Instant::now(), wait, TimerKind::Reconnect);
+    }
+
+    /// Answer a request that will not reach the GTM with an `E`.
+    fn fail_request(&mut self, route: Route, msg: &str) {
+        if let Some(key) = self.ids.lookup(route.conn, route.gen) {
+            if let Some(b) = self.backends.get_mut(key) {
+                b.send_error("ERROR", msg);
+                b.busy = false;
+                self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+                if !b.queued {
+                    b.queued = true;
+                    self.to_process.push(key);
+                }
+            }
+        }
+        self.request_done(route);
+    }
+
+    /// Held requests older than `hold_timeout` get an `E`.
+    fn expire_held(&mut self, now: Instant) {
+        let limit = self.cfg.hold_timeout;
+        let expired: Vec<Route> = self
+            .backends
+            .iter()
+            .filter(|(_, b)| b.busy && now.duration_since(b.since) > limit)
+            .map(|(_, b)| Route { conn: b.conn, gen: b.gen })
+            .collect();
+        for route in expired {
+            if self.batch.drop_route(route) > 0 {
+                let msg = format!("GTM unavailable: {} (request held longer than hold_timeout)", self.down_reason);
+                warn!("worker {}: backend id {}: {msg}", self.id, route.conn);
+                self.fail_request(route, &msg);
+            }
         }
     }
 
@@ -680,12 +882,15 @@ impl Worker {
                     let n = self.up.fifo.len();
                     self.link_failed(LinkError::Silent(limit, n), false);
                 }
+                if !self.up.is_ready() && !self.batch.is_empty() {
+                    self.expire_held(now);
+                }
             }
-            TimerKind::Reconnect => {
+            TimerKind::Failover => {
+                self.failover_timer = None;
                 if self.up.state == LinkState::Down {
-                    self.connect_upstream();
-                } else {
-                    self.reconnect_armed = false;
+                    let action = self.failover.on_timer();
+                    self.perform(action);
                 }
             }
         }
