@@ -111,6 +111,8 @@ pub struct Worker {
     /// standby, where (client id, backend id) may match other links'
     /// transactions, so `MSG_BACKEND_DISCONNECT` is not safe any more.
     keys_unreliable: bool,
+    /// Connection attempts failed since the link was last ready.
+    connect_failures: u64,
     scratch: Vec<u8>,
     stats: Arc<WorkerStats>,
     stopping: Option<(StopMode, Instant)>,
@@ -149,6 +151,7 @@ impl Worker {
             link_floor: 0,
             replay_floor: 0,
             keys_unreliable: false,
+            connect_failures: 0,
             scratch: vec![0; READ_CHUNK],
             stats,
             stopping: None,
@@ -653,6 +656,7 @@ impl Worker {
                         self.up.last_read = Instant::now();
                         self.link_floor = self.high.get();
                         self.failover.on_connected();
+                        self.connect_failures = 0;
                         if let Some(t) = self.failover_timer.take() {
                             self.timers.cancel(t);
                         }
@@ -790,7 +794,15 @@ impl Worker {
                 self.batch.len()
             );
         } else if !ordered {
-            warn!("worker {}: cannot connect to GTM {}: {err}", self.id, self.up.addr_string());
+            // Log the first failures, then ever more rarely: a GTM that is
+            // down for an hour must not flood the log.
+            self.connect_failures += 1;
+            let n = self.connect_failures;
+            if n <= 3 || n.is_power_of_two() {
+                warn!("worker {}: cannot connect to GTM {} (attempt {n}): {err}", self.id, self.up.addr_string());
+            } else {
+                debug!("worker {}: cannot connect to GTM {} (attempt {n}): {err}", self.id, self.up.addr_string());
+            }
         }
         while let Some(p) = self.up.fifo.pop_back() {
             self.batch.requeue(p);
