@@ -47,6 +47,8 @@ pub enum LinkError {
     Protocol(String),
     #[error("GTM silent for {0:?} while {1} answers are owed")]
     Silent(std::time::Duration, usize),
+    #[error("no startup answer from the GTM within {0:?}")]
+    StartupTimeout(std::time::Duration),
 }
 
 pub struct Upstream {
@@ -64,6 +66,8 @@ pub struct Upstream {
     pub last_read: Instant,
     pub node_name: String,
     read_paused: bool,
+    /// When the current connection attempt started.
+    pub attempt_started: Instant,
 }
 
 impl Upstream {
@@ -80,6 +84,7 @@ impl Upstream {
             last_read: Instant::now(),
             node_name,
             read_paused: false,
+            attempt_started: Instant::now(),
         }
     }
 
@@ -107,6 +112,7 @@ impl Upstream {
         crate::proxy::net::set_keepalive(&sock);
         self.sock = Some(sock);
         self.state = LinkState::Connecting;
+        self.attempt_started = Instant::now();
         self.rbuf.clear();
         self.wbuf.clear();
         StartupPacket::new(&self.node_name, node_type::GTM_PROXY, false, self.client_id).encode(&mut self.wbuf);

@@ -34,6 +34,8 @@ const UPSTREAM: Token = Token(1);
 const FIRST_BACKEND: usize = 2;
 /// Housekeeping period: silent-link and held-request checks.
 const TICK: Duration = Duration::from_millis(250);
+/// Longest a connection attempt may take to reach the startup answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame accepted from a backend.
 const MAX_BACKEND_FRAME: usize = frame::DEFAULT_MAX_FRAME;
 
@@ -893,6 +895,13 @@ impl Worker {
                 {
                     let n = self.up.fifo.len();
                     self.link_failed(LinkError::Silent(limit, n), false);
+                }
+                let attempt_limit = if limit.is_zero() { CONNECT_TIMEOUT } else { limit.min(CONNECT_TIMEOUT) };
+                if matches!(self.up.state, LinkState::Connecting | LinkState::Starting)
+                    && now.duration_since(self.up.attempt_started) > attempt_limit
+                {
+                    // A GTM that accepts but never answers (stopped process).
+                    self.link_failed(LinkError::StartupTimeout(attempt_limit), false);
                 }
                 if !self.up.is_ready() && !self.batch.is_empty() {
                     self.expire_held(now);
