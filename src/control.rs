@@ -88,10 +88,16 @@ impl PidFile {
     /// a container restart that reuses pids) is replaced; one naming a live process gives
     /// [`ControlError::AlreadyRunning`]; an unreadable one [`ControlError::BogusPidFile`].
     pub fn create(data_dir: &Path) -> Result<PidFile, ControlError> {
+        PidFile::create_named(data_dir, PID_FILE_NAME, "")
+    }
+
+    /// Like [`PidFile::create`] for another server's pid file: `DIR/file_name` with
+    /// `PID\nABSOLUTE_DIR\n` followed by `trailer` (the GTM writes its mode, `"1\n"`).
+    pub fn create_named(data_dir: &Path, file_name: &str, trailer: &str) -> Result<PidFile, ControlError> {
         let abs_dir = std::path::absolute(data_dir).map_err(io_err("resolve", data_dir))?;
-        let path = abs_dir.join(PID_FILE_NAME);
+        let path = abs_dir.join(file_name);
         let my_pid = std::process::id() as i32;
-        let content = format!("{my_pid}\n{}\n", abs_dir.display());
+        let content = format!("{my_pid}\n{}\n{trailer}", abs_dir.display());
 
         for _ in 0..PID_CREATE_ATTEMPTS {
             let open = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
@@ -353,6 +359,17 @@ mod tests {
             assert_eq!(read_pid(dir.path()).expect("pid"), std::process::id() as i32);
         }
         assert!(!path.exists(), "dropped pid file is removed");
+    }
+
+    #[test]
+    fn named_pid_file_with_trailer() {
+        let dir = tempfile::tempdir().unwrap();
+        let pf = PidFile::create_named(dir.path(), "gtm.pid", "1\n").unwrap();
+        let text = fs::read_to_string(dir.path().join("gtm.pid")).unwrap();
+        let abs = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(text, format!("{}\n{}\n1\n", std::process::id(), abs.display()));
+        drop(pf);
+        assert!(!dir.path().join("gtm.pid").exists());
     }
 
     #[test]

@@ -4,4 +4,5 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod proxy;
+pub mod sim;
 pub mod timers;
