@@ -36,6 +36,7 @@ use slab::Slab;
 
 use super::backend::{Backend, BackendError, ErrorKind, Op, Outcome};
 use super::stats::Stats;
+use crate::codec::frame::DEFAULT_MAX_FRAME;
 
 /// Period of the timeout sweep (and the longest poll timeout).
 const SWEEP: Duration = Duration::from_millis(100);
@@ -51,6 +52,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const WARN_ERRORS: u32 = 10;
 /// Read chunk.
 const SCRATCH: usize = 64 * 1024;
+/// Most bytes buffered from one connection: one maximal frame plus a chunk.
+const MAX_BUFFERED: usize = DEFAULT_MAX_FRAME + SCRATCH;
 /// The `X` frame: orderly close.
 const CLOSE_FRAME: &[u8] = b"X\x00\x00\x00\x04";
 
@@ -425,7 +428,17 @@ impl Worker {
                     eof = true;
                     break;
                 }
-                Ok(n) => conn.rbuf.extend_from_slice(&self.scratch[..n]),
+                Ok(n) => {
+                    conn.rbuf.extend_from_slice(&self.scratch[..n]);
+                    // A short read drained the socket: skip the read that would
+                    // only say WouldBlock (edge-triggered epoll reports any
+                    // later data as a new event). A peer that floods us is cut
+                    // off at MAX_BUFFERED; what it sent is malformed or
+                    // unsolicited anyway, since only one answer is ever due.
+                    if n < self.scratch.len() || conn.rbuf.len() > MAX_BUFFERED {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io_error(op, "read", e)),
