@@ -32,6 +32,8 @@ enum Fault {
     DuplicateGxidEvery(u32),
     /// Every Nth commit is answered with an `E` frame.
     ErrorOnCommitEvery(u32),
+    /// The connection is closed right after every Nth commit answer.
+    CloseAfterCommitEvery(u32),
 }
 
 #[derive(Default)]
@@ -139,6 +141,7 @@ fn serve(mut s: TcpStream, st: &FakeState) {
                 violation(st, "a second request before the answer to the first".into());
             }
             out.clear();
+            let mut keep = true;
             match ClientFrame::decode(raw, false) {
                 Ok(ClientFrame::Startup(sp)) if !started => {
                     if sp.remote_type != node_type::DEFAULT || sp.is_postmaster || sp.client_id != 0 {
@@ -151,13 +154,13 @@ fn serve(mut s: TcpStream, st: &FakeState) {
                     startup::encode_ready(&mut out, st.clients.fetch_add(1, Ordering::Relaxed) + 1);
                 }
                 Ok(ClientFrame::Command(c)) if started => match c.request() {
-                    Ok(req) => answer(st, req, &mut out),
+                    Ok(req) => keep = answer(st, req, &mut out),
                     Err(e) => violation(st, format!("request {}: {e}", c.msg_type)),
                 },
                 Ok(ClientFrame::Close) => return,
                 other => return violation(st, format!("unexpected frame {other:?}")),
             }
-            if s.write_all(&out).is_err() {
+            if s.write_all(&out).is_err() || !keep {
                 return;
             }
         }
@@ -168,7 +171,8 @@ fn serve(mut s: TcpStream, st: &FakeState) {
     }
 }
 
-fn answer(st: &FakeState, req: Request, out: &mut BytesMut) {
+/// Answer one request; false: close the connection once the answer is sent.
+fn answer(st: &FakeState, req: Request, out: &mut BytesMut) -> bool {
     let mut t = st.txns.lock().unwrap();
     match req {
         Request::TxnBeginGetGxid(b) => {
@@ -212,7 +216,7 @@ fn answer(st: &FakeState, req: Request, out: &mut BytesMut) {
             if let Fault::ErrorOnCommitEvery(k) = st.fault {
                 if n.is_multiple_of(k) {
                     encode_error(out, None, &ErrorFields::new("ERROR", "fake commit failure"));
-                    return;
+                    return true;
                 }
             }
             for g in &v {
@@ -220,9 +224,13 @@ fn answer(st: &FakeState, req: Request, out: &mut BytesMut) {
                 t.latest_completed = t.latest_completed.max(*g);
             }
             encode_result(out, None, &Response::TxnCommitMulti { statuses: vec![0; v.len()] });
+            if let Fault::CloseAfterCommitEvery(k) = st.fault {
+                return !n.is_multiple_of(k);
+            }
         }
         other => violation(st, format!("unexpected request {:?}", other.msg_type())),
     }
+    true
 }
 
 /// Run gtm_bench, killing it if it is still running after `limit`.
@@ -354,6 +362,25 @@ fn server_errors_are_counted_and_backends_reconnect() {
     assert!(j["connections"]["reconnects"].as_u64().unwrap() > 0);
     assert!(j["connections"]["established"].as_u64().unwrap() > 20);
     assert!(j["txns"].as_u64().unwrap() > 0);
+    assert_eq!(gtm.violations(), Vec::<String>::new());
+}
+
+#[test]
+fn a_close_right_after_an_answer_is_noticed_at_once() {
+    let gtm = FakeGtm::start(Fault::CloseAfterCommitEvery(20));
+    let p = port(gtm.addr);
+    let args = ["--port", &p, "--backends", "10", "--duration", "1", "--warmup", "0", "--max-reconnects", "1000000"];
+    let (out, j) = bench(&args, &[], Duration::from_secs(15));
+    assert_eq!(out.status.code(), Some(1), "{j:#}");
+    let e = &j["errors"];
+    let closes = e["by_kind"]["unexpected_close"].as_u64().unwrap();
+    assert!(closes > 0, "{j:#}");
+    assert_eq!(e["total"].as_u64().unwrap(), closes, "nothing but the closes: no timeouts");
+    // Blamed on the commit just answered when the FIN came with it, else on the next begin.
+    let by_op = |op: &str| e["by_op"][op].as_u64().unwrap();
+    assert_eq!(by_op("commit") + by_op("begin"), closes, "{e}");
+    // Without noticing the close at once, each would stall a backend for the 20 s request timeout.
+    assert!(j["txns"].as_u64().unwrap() > 10 * closes, "{j:#}");
     assert_eq!(gtm.violations(), Vec::<String>::new());
 }
 

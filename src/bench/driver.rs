@@ -318,8 +318,9 @@ impl Worker {
                 return Err(e);
             }
             for ev in events.iter() {
-                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                self.on_event(ev.token().0, readable, ev.is_writable());
+                let closing = ev.is_read_closed() || ev.is_error();
+                let readable = ev.is_readable() || closing;
+                self.on_event(ev.token().0, readable, closing, ev.is_writable());
             }
             let now = Instant::now();
             self.fire_timers(now);
@@ -389,7 +390,9 @@ impl Worker {
         self.in_flight += 1;
     }
 
-    fn on_event(&mut self, key: usize, readable: bool, writable: bool) {
+    /// `closing`: the event also reported a hang-up or an error, so the
+    /// socket must be read until end of stream.
+    fn on_event(&mut self, key: usize, readable: bool, closing: bool, writable: bool) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let i = conn.slot;
         if !conn.connected {
@@ -406,7 +409,7 @@ impl Worker {
             }
         }
         if readable {
-            if let Err(e) = self.read(key) {
+            if let Err(e) = self.read(key, closing) {
                 return self.fail(i, e.kind, e.op, e.detail);
             }
         }
@@ -416,7 +419,7 @@ impl Worker {
     }
 
     /// Read everything available and act on every whole frame.
-    fn read(&mut self, key: usize) -> Result<(), BackendError> {
+    fn read(&mut self, key: usize, closing: bool) -> Result<(), BackendError> {
         let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
         let i = conn.slot;
         let slot = &mut self.slots[i];
@@ -432,10 +435,12 @@ impl Worker {
                     conn.rbuf.extend_from_slice(&self.scratch[..n]);
                     // A short read drained the socket: skip the read that would
                     // only say WouldBlock (edge-triggered epoll reports any
-                    // later data as a new event). A peer that floods us is cut
-                    // off at MAX_BUFFERED; what it sent is malformed or
-                    // unsolicited anyway, since only one answer is ever due.
-                    if n < self.scratch.len() || conn.rbuf.len() > MAX_BUFFERED {
+                    // later data as a new event), unless the peer also hung up
+                    // and the end of stream is still to be read. A peer that
+                    // floods us is cut off at MAX_BUFFERED; what it sent is
+                    // malformed or unsolicited anyway, since only one answer
+                    // is ever due.
+                    if (n < self.scratch.len() && !closing) || conn.rbuf.len() > MAX_BUFFERED {
                         break;
                     }
                 }
