@@ -14,7 +14,7 @@
 //! Connects are started in waves: at most `connect_concurrency` slots of a
 //! loop are between `connect()` and `R`, so a listen backlog is never
 //! flooded. Timeouts (connect, request) are checked by a sweep every
-//! [`SWEEP`]; think time and reconnect backoff use a timer heap with lazy
+//! `SWEEP` (100 ms); think time and reconnect backoff use a timer heap with lazy
 //! cancellation (a per-slot generation number).
 //!
 //! The measurement window is shared by all loop threads ([`Shared`]): it

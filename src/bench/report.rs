@@ -22,6 +22,9 @@
 //!              "by_op": {"startup"|"begin"|"snapshot"|"commit": n}},
 //!   "connections": {"established", "failed", "reconnects", "stopped_backends", "unfinished_at_end"},
 //!   "gxids": {"handed_out", "unique", "duplicates", "duplicates_while_open", "min", "max"},
+//!          // duplicates: GXIDs handed out more than once in the run (across all loop threads);
+//!          // duplicates_while_open: of those, ones still held by an open transaction of the
+//!          // same loop thread (exact with --threads 1)
 //!   "cpu": {"window_s": f, "bench": CPU, "sim": CPU|null, "proxy": CPU|null}
 //!          // CPU = {"cpu_us": n, "cores": f, "us_per_request": f}
 //! }

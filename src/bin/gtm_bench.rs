@@ -19,7 +19,10 @@ use gtmproxy::bench::{self, report, Config};
 #[command(
     name = "gtm_bench",
     version,
-    about = "Load generator simulating Postgres-XL 10 backends against a GTM or GTM proxy"
+    about = "Load generator simulating Postgres-XL 10 backends against a GTM or GTM proxy",
+    after_help = "The JSON summary goes to --json (stdout by default), a one-line summary to stderr.\n\
+                  Exit status: 0 clean run; 1 it ran but found errors, duplicate GXIDs or no transactions, \
+                  or was stopped early; 2 it could not run."
 )]
 struct Args {
     /// GTM or proxy host.
@@ -46,7 +49,7 @@ struct Args {
     /// Node name in every startup packet and session id (default: cn1 and dn1 alternating).
     #[arg(long)]
     node_name: Option<String>,
-    /// Begin without a global session id (a lone NUL) instead of "<node>_<pid>_<n>".
+    /// Begin without a global session id (a lone NUL) instead of a unique NODE_PID_SEQ one.
     #[arg(long)]
     no_session_id: bool,
     /// Where to write the JSON summary ("-" for stdout).
