@@ -1,5 +1,6 @@
 //! GTM proxy for Postgres-XL 10: library crate shared by the `gtm_proxy`,
 //! `gtm_sim` and `gtm_bench` binaries.
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod control;

@@ -1,0 +1,781 @@
+//! The event loop: one mio `Poll` per loop thread driving many simulated
+//! backends over non-blocking sockets.
+//!
+//! Lifecycle of one backend slot:
+//!
+//! ```text
+//! Queued ──connect──▶ Connecting ──writable──▶ Handshake ──'R'──▶ Active ◀─┐
+//!   ▲                     │                       │                │ txns  │
+//!   │ backoff timer       └──── error ────────────┴──── error ─────┴───────┘
+//! Backoff ◀──── (reconnect budget left) ──── error ──▶ Stopped (budget spent)
+//! Active/... ──run over──▶ Closed (after the open transaction commits, or at the drain deadline)
+//! ```
+//!
+//! Connects are started in waves: at most `connect_concurrency` slots of a
+//! loop are between `connect()` and `R`, so a listen backlog is never
+//! flooded. Timeouts (connect, request) are checked by a sweep every
+//! `SWEEP` (100 ms); think time and reconnect backoff use a timer heap with lazy
+//! cancellation (a per-slot generation number).
+//!
+//! The measurement window is shared by all loop threads ([`Shared`]): it
+//! opens `warmup` after the last thread finished its initial connects and
+//! lasts `duration`. Only answers that arrive inside it are counted.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::backend::{Backend, BackendError, ErrorKind, Op, Outcome};
+use super::stats::Stats;
+use crate::codec::frame::DEFAULT_MAX_FRAME;
+
+/// Period of the timeout sweep (and the longest poll timeout).
+const SWEEP: Duration = Duration::from_millis(100);
+/// Margin between the window being decided and it opening, so every loop
+/// thread knows the window before its first countable answer.
+const WINDOW_SYNC: Duration = Duration::from_millis(10);
+/// Poll timeout while a thread waits to learn the window.
+const WINDOW_POLL: Duration = Duration::from_millis(1);
+/// First reconnect delay; doubles per attempt up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Errors logged at warn level per loop thread; the rest go to debug.
+const WARN_ERRORS: u32 = 10;
+/// Read chunk.
+const SCRATCH: usize = 64 * 1024;
+/// Most bytes buffered from one connection: one maximal frame plus a chunk.
+const MAX_BUFFERED: usize = DEFAULT_MAX_FRAME + SCRATCH;
+/// The `X` frame: orderly close.
+const CLOSE_FRAME: &[u8] = b"X\x00\x00\x00\x04";
+
+/// Settings every loop thread shares.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    pub addr: SocketAddr,
+    pub think: Duration,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Reconnects allowed per backend over the run.
+    pub max_reconnects: u32,
+    /// Connects in flight per loop thread.
+    pub connect_concurrency: usize,
+    /// After the window closes, how long open transactions get to finish.
+    pub drain: Duration,
+    /// Process id used in session ids.
+    pub pid: u32,
+    pub session_ids: bool,
+    pub threads: usize,
+}
+
+/// The measurement window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: Instant,
+    pub end: Instant,
+}
+
+impl Window {
+    fn contains(&self, t: Instant) -> bool {
+        t >= self.start && t < self.end
+    }
+}
+
+/// State shared by the loop threads and the coordinating thread.
+#[derive(Debug)]
+pub struct Shared {
+    stop: AtomicBool,
+    stop_reason: Mutex<Option<String>>,
+    stopped_at: OnceLock<Instant>,
+    errors: AtomicU64,
+    max_errors: u64,
+    ramping: AtomicUsize,
+    ramp_done_at: OnceLock<Instant>,
+    window: OnceLock<Window>,
+    warmup: Duration,
+    duration: Duration,
+    /// Set by SIGINT/SIGTERM.
+    interrupted: Arc<AtomicBool>,
+}
+
+impl Shared {
+    pub fn new(
+        threads: usize,
+        warmup: Duration,
+        duration: Duration,
+        max_errors: u64,
+        interrupted: Arc<AtomicBool>,
+    ) -> Self {
+        Shared {
+            stop: AtomicBool::new(false),
+            stop_reason: Mutex::new(None),
+            stopped_at: OnceLock::new(),
+            errors: AtomicU64::new(0),
+            max_errors,
+            ramping: AtomicUsize::new(threads),
+            ramp_done_at: OnceLock::new(),
+            window: OnceLock::new(),
+            warmup,
+            duration,
+            interrupted,
+        }
+    }
+
+    /// End the run early (first reason wins).
+    pub fn request_stop(&self, reason: &str) {
+        if !self.stop.swap(true, Ordering::SeqCst) {
+            let _ = self.stopped_at.set(Instant::now());
+            if let Ok(mut r) = self.stop_reason.lock() {
+                *r = Some(reason.to_owned());
+            }
+        }
+    }
+
+    pub fn should_stop(&self) -> bool {
+        if self.interrupted.load(Ordering::Relaxed) {
+            self.request_stop("interrupted");
+        }
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub fn stop_reason(&self) -> Option<String> {
+        self.stop_reason.lock().ok().and_then(|r| r.clone())
+    }
+
+    pub fn stopped_at(&self) -> Option<Instant> {
+        self.stopped_at.get().copied()
+    }
+
+    pub fn window(&self) -> Option<Window> {
+        self.window.get().copied()
+    }
+
+    /// When the last loop thread finished its initial connects.
+    pub fn ramp_done_at(&self) -> Option<Instant> {
+        self.ramp_done_at.get().copied()
+    }
+
+    /// A loop thread finished its initial connects; the last one opens the window.
+    fn ramp_done(&self) {
+        if self.ramping.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let now = Instant::now();
+            let _ = self.ramp_done_at.set(now);
+            let start = now + WINDOW_SYNC + self.warmup;
+            let _ = self.window.set(Window { start, end: start + self.duration });
+        }
+    }
+
+    fn count_error(&self) {
+        let n = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.max_errors > 0 && n >= self.max_errors {
+            self.request_stop(&format!("error limit reached ({n} errors)"));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a connect slot.
+    Queued,
+    /// `connect()` issued, not yet writable.
+    Connecting,
+    /// Startup sent, waiting for `R`.
+    Handshake,
+    /// Established: idle, thinking or in a transaction.
+    Active,
+    /// Waiting for the reconnect timer.
+    Backoff,
+    /// Done (run over).
+    Closed,
+    /// Gave up after too many errors.
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Slot {
+    backend: Backend,
+    /// Global backend number (for logs).
+    id: usize,
+    phase: Phase,
+    conn: Option<usize>,
+    reconnects: u32,
+    /// The first connect attempt has not resolved yet (ramp accounting).
+    initial: bool,
+    /// Counts against the connects-in-flight bound.
+    in_wave: bool,
+    connect_started: Instant,
+    /// Bumped to cancel the pending timer.
+    timer_gen: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    sock: TcpStream,
+    slot: usize,
+    connected: bool,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+/// One loop thread.
+pub struct Worker {
+    cfg: Arc<LoopConfig>,
+    shared: Arc<Shared>,
+    thread: usize,
+    poll: Poll,
+    conns: Slab<Conn>,
+    slots: Vec<Slot>,
+    queue: VecDeque<usize>,
+    in_flight: usize,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Slots not yet Closed or Stopped.
+    live: usize,
+    ramp_left: usize,
+    window: Option<Window>,
+    stopping: bool,
+    drain_deadline: Option<Instant>,
+    next_sweep: Instant,
+    txn_seq: u64,
+    warned: u32,
+    scratch: Box<[u8]>,
+    stats: Stats,
+}
+
+impl Worker {
+    /// `backends`: (global number, node name) of the backends this thread drives.
+    pub fn new(
+        thread: usize,
+        backends: Vec<(usize, String)>,
+        cfg: Arc<LoopConfig>,
+        shared: Arc<Shared>,
+    ) -> io::Result<Worker> {
+        let now = Instant::now();
+        let slots: Vec<Slot> = backends
+            .into_iter()
+            .map(|(id, node)| Slot {
+                backend: Backend::new(&node, cfg.pid, cfg.session_ids),
+                id,
+                phase: Phase::Queued,
+                conn: None,
+                reconnects: 0,
+                initial: true,
+                in_wave: false,
+                connect_started: now,
+                timer_gen: 0,
+            })
+            .collect();
+        let n = slots.len();
+        Ok(Worker {
+            poll: Poll::new()?,
+            conns: Slab::with_capacity(n),
+            queue: (0..n).collect(),
+            in_flight: 0,
+            timers: BinaryHeap::new(),
+            live: n,
+            ramp_left: n,
+            window: None,
+            stopping: false,
+            drain_deadline: None,
+            next_sweep: now + SWEEP,
+            txn_seq: 0,
+            warned: 0,
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            stats: Stats::default(),
+            slots,
+            cfg,
+            shared,
+            thread,
+        })
+    }
+
+    /// Run until the window has closed and every backend has finished (or
+    /// every backend has given up). Returns what was measured.
+    pub fn run(mut self) -> io::Result<Stats> {
+        let mut events = Events::with_capacity(1024);
+        if self.ramp_left == 0 {
+            self.shared.ramp_done();
+        }
+        loop {
+            let now = Instant::now();
+            self.check_phase(now);
+            self.start_connects(now);
+            if self.live == 0 {
+                break;
+            }
+            let timeout = self.poll_timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                let closing = ev.is_read_closed() || ev.is_error();
+                let readable = ev.is_readable() || closing;
+                self.on_event(ev.token().0, readable, closing, ev.is_writable());
+            }
+            let now = Instant::now();
+            self.fire_timers(now);
+            if now >= self.next_sweep {
+                self.sweep(now);
+            }
+        }
+        log::debug!("loop thread {} done: {} txns in window", self.thread, self.stats.txns());
+        Ok(self.stats)
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Duration {
+        let mut until = self.next_sweep;
+        if let Some(Reverse((t, _, _))) = self.timers.peek() {
+            until = until.min(*t);
+        }
+        if let Some(w) = self.window {
+            if !self.stopping && now < w.end {
+                until = until.min(w.end);
+            }
+        }
+        if let Some(d) = self.drain_deadline {
+            until = until.min(d);
+        }
+        let mut timeout = until.saturating_duration_since(now);
+        if self.window.is_none() && self.ramp_left == 0 {
+            timeout = timeout.min(WINDOW_POLL);
+        }
+        timeout
+    }
+
+    fn check_phase(&mut self, now: Instant) {
+        if self.window.is_none() {
+            self.window = self.shared.window();
+        }
+        if !self.stopping && (self.shared.should_stop() || self.window.is_some_and(|w| now >= w.end)) {
+            self.enter_stopping(now);
+        }
+    }
+
+    fn start_connects(&mut self, now: Instant) {
+        while !self.stopping && self.in_flight < self.cfg.connect_concurrency.max(1) {
+            let Some(i) = self.queue.pop_front() else { break };
+            self.connect(i, now);
+        }
+    }
+
+    fn connect(&mut self, i: usize, now: Instant) {
+        if self.slots[i].phase != Phase::Queued {
+            return;
+        }
+        let mut sock = match TcpStream::connect(self.cfg.addr) {
+            Ok(s) => s,
+            Err(e) => return self.fail(i, ErrorKind::ConnectFailed, Op::Startup, format!("connect: {e}")),
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(&mut sock, Token(key), Interest::READABLE | Interest::WRITABLE) {
+            return self.fail(i, ErrorKind::Io, Op::Startup, format!("register: {e}"));
+        }
+        entry.insert(Conn { sock, slot: i, connected: false, rbuf: BytesMut::new(), wbuf: BytesMut::new() });
+        let slot = &mut self.slots[i];
+        slot.conn = Some(key);
+        slot.phase = Phase::Connecting;
+        slot.connect_started = now;
+        slot.in_wave = true;
+        self.in_flight += 1;
+    }
+
+    /// `closing`: the event also reported a hang-up or an error, so the
+    /// socket must be read until end of stream.
+    fn on_event(&mut self, key: usize, readable: bool, closing: bool, writable: bool) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let i = conn.slot;
+        if !conn.connected {
+            match connect_status(&conn.sock) {
+                Ok(false) => return,
+                Ok(true) => {
+                    conn.connected = true;
+                    let _ = conn.sock.set_nodelay(true);
+                    let slot = &mut self.slots[i];
+                    slot.phase = Phase::Handshake;
+                    slot.backend.start(Instant::now(), &mut conn.wbuf);
+                }
+                Err(e) => return self.fail(i, ErrorKind::ConnectFailed, Op::Startup, format!("connect: {e}")),
+            }
+        }
+        if readable {
+            if let Err(e) = self.read(key, closing) {
+                return self.fail(i, e.kind, e.op, e.detail);
+            }
+        }
+        if writable || readable {
+            self.flush_or_fail(key);
+        }
+    }
+
+    /// Read everything available and act on every whole frame.
+    fn read(&mut self, key: usize, closing: bool) -> Result<(), BackendError> {
+        let Some(conn) = self.conns.get_mut(key) else { return Ok(()) };
+        let i = conn.slot;
+        let slot = &mut self.slots[i];
+        let op = slot.backend.outstanding().map_or(Op::Begin, |o| o.0);
+        let mut eof = false;
+        loop {
+            match conn.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    conn.rbuf.extend_from_slice(&self.scratch[..n]);
+                    // A short read drained the socket: skip the read that would
+                    // only say WouldBlock (edge-triggered epoll reports any
+                    // later data as a new event), unless the peer also hung up
+                    // and the end of stream is still to be read. A peer that
+                    // floods us is cut off at MAX_BUFFERED; what it sent is
+                    // malformed or unsolicited anyway, since only one answer
+                    // is ever due.
+                    if (n < self.scratch.len() && !closing) || conn.rbuf.len() > MAX_BUFFERED {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error(op, "read", e)),
+            }
+        }
+        let now = Instant::now();
+        let mut next = Next::Nothing;
+        while let Some(outcome) = slot.backend.poll(&mut conn.rbuf, now, &mut conn.wbuf)? {
+            next = record(&mut self.stats, self.window, outcome, now);
+            if let Outcome::Ready { .. } = outcome {
+                slot.phase = Phase::Active;
+                self.stats.conns.established += 1;
+                if slot.in_wave {
+                    slot.in_wave = false;
+                    self.in_flight -= 1;
+                }
+                if slot.initial {
+                    slot.initial = false;
+                    self.ramp_left -= 1;
+                    if self.ramp_left == 0 {
+                        self.shared.ramp_done();
+                    }
+                }
+            }
+            if let Outcome::Began { gxid, .. } = outcome {
+                if !self.stats.gxids.began(gxid) && self.warned < WARN_ERRORS {
+                    self.warned += 1;
+                    log::warn!("backend {}: duplicate gxid {gxid}", slot.id);
+                }
+            }
+            if let Outcome::Committed { gxid, .. } = outcome {
+                self.stats.gxids.ended(gxid);
+            }
+        }
+        if eof {
+            let op = slot.backend.outstanding().map_or(op, |o| o.0);
+            return Err(BackendError::new(ErrorKind::UnexpectedClose, op, "server closed the connection"));
+        }
+        match next {
+            Next::Nothing => {}
+            Next::Idle if self.stopping => self.close(i, true),
+            Next::Idle if !self.cfg.think.is_zero() => self.set_timer(i, now + self.cfg.think),
+            Next::Idle => self.begin(i, now),
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self, i: usize, now: Instant) {
+        let slot = &mut self.slots[i];
+        let Some(key) = slot.conn else { return };
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let seq = self.txn_seq * self.cfg.threads as u64 + self.thread as u64;
+        if slot.backend.begin(seq, now, &mut conn.wbuf) {
+            self.txn_seq += 1;
+            self.flush_or_fail(key);
+        }
+    }
+
+    fn flush_or_fail(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if let Err(e) = flush(conn) {
+            let i = conn.slot;
+            let op = self.slots[i].backend.outstanding().map_or(Op::Begin, |o| o.0);
+            let e = io_error(op, "write", e);
+            self.fail(i, e.kind, e.op, e.detail);
+        }
+    }
+
+    fn set_timer(&mut self, i: usize, at: Instant) {
+        let slot = &mut self.slots[i];
+        slot.timer_gen += 1;
+        self.timers.push(Reverse((at, i, slot.timer_gen)));
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, i, gen))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let slot = &mut self.slots[i];
+            if slot.timer_gen != gen {
+                continue;
+            }
+            match slot.phase {
+                Phase::Backoff => {
+                    slot.phase = Phase::Queued;
+                    self.queue.push_back(i);
+                }
+                Phase::Active if slot.backend.is_idle() => self.begin(i, now),
+                _ => {}
+            }
+        }
+    }
+
+    /// Connect and request timeouts, and the end of the drain period.
+    fn sweep(&mut self, now: Instant) {
+        self.next_sweep = now + SWEEP;
+        let drained = self.drain_deadline.is_some_and(|d| now >= d);
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            match slot.phase {
+                Phase::Connecting | Phase::Handshake => {
+                    if drained {
+                        self.close(i, false);
+                    } else if now.saturating_duration_since(slot.connect_started) >= self.cfg.connect_timeout {
+                        let detail = format!("no answer to startup within {:?}", self.cfg.connect_timeout);
+                        self.fail(i, ErrorKind::ConnectTimeout, Op::Startup, detail);
+                    }
+                }
+                Phase::Active => match slot.backend.outstanding() {
+                    Some(_) if drained => {
+                        self.stats.conns.unfinished_at_end += 1;
+                        self.close(i, false);
+                    }
+                    Some((op, sent)) if now.saturating_duration_since(sent) >= self.cfg.request_timeout => {
+                        let detail = format!("no answer within {:?}", self.cfg.request_timeout);
+                        self.fail(i, ErrorKind::Timeout, op, detail);
+                    }
+                    _ if drained => self.close(i, true),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+
+    /// The run is over: close everything not in the middle of a transaction;
+    /// open transactions get until the drain deadline to commit.
+    fn enter_stopping(&mut self, now: Instant) {
+        self.stopping = true;
+        self.drain_deadline = Some(now + self.cfg.drain);
+        self.queue.clear();
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            let busy = slot.phase == Phase::Active && slot.backend.outstanding().is_some();
+            if !busy && !matches!(slot.phase, Phase::Closed | Phase::Stopped) {
+                self.close(i, slot.phase == Phase::Active);
+            }
+        }
+    }
+
+    /// Tear down slot `i`'s connection and retire the slot.
+    fn close(&mut self, i: usize, graceful: bool) {
+        self.drop_conn(i, graceful);
+        self.retire(i, Phase::Closed);
+    }
+
+    fn retire(&mut self, i: usize, phase: Phase) {
+        let slot = &mut self.slots[i];
+        if !matches!(slot.phase, Phase::Closed | Phase::Stopped) {
+            self.live -= 1;
+        }
+        slot.phase = phase;
+        slot.timer_gen += 1;
+    }
+
+    /// Close the socket (sending `X` first if `graceful`) and settle the
+    /// slot's bookkeeping; the slot's phase is left to the caller.
+    fn drop_conn(&mut self, i: usize, graceful: bool) {
+        let slot = &mut self.slots[i];
+        if let Some(g) = slot.backend.open_gxid() {
+            // The GTM aborts a closed link's transactions.
+            self.stats.gxids.ended(g);
+        }
+        slot.backend.reset();
+        if slot.in_wave {
+            slot.in_wave = false;
+            self.in_flight -= 1;
+        }
+        if slot.initial {
+            slot.initial = false;
+            self.ramp_left -= 1;
+            if self.ramp_left == 0 {
+                self.shared.ramp_done();
+            }
+        }
+        if let Some(key) = slot.conn.take() {
+            if let Some(mut conn) = self.conns.try_remove(key) {
+                if graceful && conn.wbuf.is_empty() {
+                    let _ = conn.sock.write(CLOSE_FRAME);
+                }
+                let _ = self.poll.registry().deregister(&mut conn.sock);
+            }
+        }
+    }
+
+    /// Count an error, drop the connection and reconnect (bounded) or give up.
+    fn fail(&mut self, i: usize, kind: ErrorKind, op: Op, detail: String) {
+        self.stats.errors.add(kind, op);
+        self.shared.count_error();
+        let slot = &self.slots[i];
+        if self.warned < WARN_ERRORS {
+            self.warned += 1;
+            log::warn!("backend {} ({}): {op}: {kind}: {detail}", slot.id, slot.backend.node_name());
+        } else {
+            log::debug!("backend {}: {op}: {kind}: {detail}", slot.id);
+        }
+        if matches!(slot.phase, Phase::Queued | Phase::Connecting | Phase::Handshake) {
+            self.stats.conns.failed += 1;
+        }
+        self.drop_conn(i, false);
+        let slot = &mut self.slots[i];
+        if self.stopping {
+            self.retire(i, Phase::Closed);
+        } else if slot.reconnects >= self.cfg.max_reconnects {
+            log::info!("backend {}: giving up after {} reconnects", slot.id, slot.reconnects);
+            self.stats.conns.stopped_backends += 1;
+            self.retire(i, Phase::Stopped);
+        } else {
+            slot.reconnects += 1;
+            self.stats.conns.reconnects += 1;
+            slot.phase = Phase::Backoff;
+            let delay = backoff(slot.reconnects);
+            self.set_timer(i, Instant::now() + delay);
+        }
+    }
+}
+
+/// What the loop does after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The backend queued its next request itself (or nothing happened).
+    Nothing,
+    /// The backend is idle: begin, think, or close.
+    Idle,
+}
+
+/// Count one answer if it arrived inside the window.
+fn record(stats: &mut Stats, window: Option<Window>, outcome: Outcome, now: Instant) -> Next {
+    let counted = window.is_some_and(|w| w.contains(now));
+    match outcome {
+        Outcome::Ready { .. } => return Next::Idle,
+        Outcome::Began { latency, .. } if counted => stats.begin.record(latency),
+        Outcome::Snapshot { latency, .. } if counted => stats.snapshot.record(latency),
+        Outcome::Committed { latency, txn, .. } => {
+            if counted {
+                stats.commit.record(latency);
+                stats.txn.record(txn);
+            }
+            return Next::Idle;
+        }
+        _ => {}
+    }
+    Next::Nothing
+}
+
+fn backoff(attempt: u32) -> Duration {
+    BACKOFF_MIN.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX)
+}
+
+/// Has a non-blocking connect completed? Ok(false): not yet (spurious wake-up).
+fn connect_status(sock: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
+    }
+    match sock.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn flush(conn: &mut Conn) -> io::Result<()> {
+    while !conn.wbuf.is_empty() && conn.connected {
+        match conn.sock.write(&conn.wbuf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => conn.wbuf.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn io_error(op: Op, what: &str, e: io::Error) -> BackendError {
+    let kind = match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
+            ErrorKind::UnexpectedClose
+        }
+        _ => ErrorKind::Io,
+    };
+    BackendError::new(kind, op, format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(10));
+        assert_eq!(backoff(2), Duration::from_millis(20));
+        assert_eq!(backoff(8), Duration::from_secs(1));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn only_answers_inside_the_window_count() {
+        let t0 = Instant::now();
+        let w = Window { start: t0 + Duration::from_secs(1), end: t0 + Duration::from_secs(2) };
+        let mut s = Stats::default();
+        let c = Outcome::Committed { gxid: 1, latency: Duration::from_micros(5), txn: Duration::from_micros(9) };
+        assert_eq!(record(&mut s, Some(w), c, t0), Next::Idle);
+        assert_eq!(record(&mut s, None, c, t0 + Duration::from_millis(1500)), Next::Idle);
+        assert_eq!(s.txns(), 0);
+        record(&mut s, Some(w), c, t0 + Duration::from_millis(1500));
+        let b = Outcome::Began { gxid: 1, latency: Duration::from_micros(5) };
+        assert_eq!(record(&mut s, Some(w), b, t0 + Duration::from_millis(1999)), Next::Nothing);
+        record(&mut s, Some(w), b, t0 + Duration::from_secs(2));
+        assert_eq!((s.txns(), s.ops()), (1, 2));
+    }
+
+    #[test]
+    fn shared_window_opens_when_the_last_thread_ramps() {
+        let s = Shared::new(2, Duration::from_secs(1), Duration::from_secs(3), 0, Arc::default());
+        s.ramp_done();
+        assert!(s.window().is_none());
+        s.ramp_done();
+        let w = s.window().unwrap();
+        assert_eq!(w.end - w.start, Duration::from_secs(3));
+        assert!(w.start >= s.ramp_done_at().unwrap() + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn error_limit_stops_the_run() {
+        let s = Shared::new(1, Duration::ZERO, Duration::ZERO, 2, Arc::default());
+        s.count_error();
+        assert!(!s.should_stop());
+        s.count_error();
+        assert!(s.should_stop());
+        assert!(s.stop_reason().unwrap().contains("error limit"));
+    }
+}
