@@ -309,6 +309,11 @@ impl Client {
         self.response()
     }
 
+    pub fn call_frame(&mut self, req: &Request) -> ServerFrame {
+        self.send(req);
+        self.recv()
+    }
+
     pub fn begin(&mut self) -> u32 {
         match self.call(&begin_req(b"\0")) {
             Response::TxnBeginGetGxid { gxid, .. } => gxid,
