@@ -15,7 +15,7 @@
 //! next_client_id 6
 //! last_slot 4
 //! txn <handle> <gxid> <client> <conn> <state> <iso> <ro> <vacuum> <xmin> <snapset> <session> <gid> <nodes> <created> <dropped> <altered>
-//! node <type> <name> <host> <port> <proxy> <folder> <status> <xmin> <xmin_time> <excluded> <joining> <is_session> <sessions>
+//! node <type> <name> <host> <port> <proxy> <folder> <status> <xmin> <xmin_time> <excluded> <joining> <is_session> <max_sessions> <sessions>
 //! seq <key> <old_key> <value> <init> <inc> <min> <max> <cycle> <called> <created_gxid> <max_lastvals> <ref_count> <lastvals>
 //! end <checksum>
 //! ```
@@ -114,7 +114,7 @@ pub fn encode(g: &Gtm) -> String {
     }
     for n in &g.nodes.list {
         out.push_str(&format!(
-            "node {} {} {} {} {} {} {} {} {} {} {} {} {}\n",
+            "node {} {} {} {} {} {} {} {} {} {} {} {} {} {}\n",
             n.node_type,
             hex(&n.name),
             hex(&n.host),
@@ -127,6 +127,7 @@ pub fn encode(g: &Gtm) -> String {
             n.excluded as u8,
             n.joining as u8,
             n.is_session as u8,
+            n.max_sessions,
             list(&n.sessions, |(p, b)| format!("{p}:{b}")),
         ));
     }
@@ -351,6 +352,7 @@ fn parse_line(g: &mut Gtm, line: &str) -> Result<(), String> {
                 excluded: f.flag()?,
                 joining: f.flag()?,
                 is_session: f.flag()?,
+                max_sessions: f.num()?,
                 sessions: f.list(|s| {
                     let p = parts(s, 2)?;
                     Ok((parse_num(p[0])?, parse_num(p[1])?))
