@@ -167,6 +167,15 @@ impl Gtm {
     }
 }
 
+/// For handlers that check for trailing bytes only after acting.
+fn then_end(m: &Msg) -> Then {
+    if m.left() != 0 {
+        Then::RunThenBadFormat
+    } else {
+        Then::Run
+    }
+}
+
 /// `ProcessPGXCNodeBackendDisconnect`'s reading; `None`: nothing more to do.
 fn backend_disconnect(m: &mut Msg) -> R<Option<(i32, Bytes)>> {
     if !m.byte()? {
@@ -208,7 +217,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             let data_folder = m.str_u32()?;
             let status = m.i32be()?;
             let n = NodeRegister { node_type, name, host, port, proxy_name, data_folder, status };
-            Ok((Q::NodeRegister(n), RunThenBadFormat))
+            Ok((Q::NodeRegister(n), then_end(m)))
         }
         MsgType::NODE_UNREGISTER => {
             let node_type = m.raw4()? as i32;
@@ -216,7 +225,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             if len >= NI_MAXHOST as i32 {
                 return Err(err("Invalid node name length"));
             }
-            Ok((Q::NodeUnregister { node_type, name: m.bytes(len)? }, RunThenBadFormat))
+            Ok((Q::NodeUnregister { node_type, name: m.bytes(len)? }, then_end(m)))
         }
         MsgType::REGISTER_SESSION => {
             let len = m.i32be()?;
@@ -324,14 +333,14 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             let (increment, min, max, start) = (m.raw8()?, m.raw8()?, m.raw8()?, m.raw8()?);
             let cycle = m.byte()?;
             let gxid = m.raw4()?;
-            Ok((Q::SequenceInit { key, increment, min, max, start, cycle, gxid }, RunThenBadFormat))
+            Ok((Q::SequenceInit { key, increment, min, max, start, cycle, gxid }, then_end(m)))
         }
         MsgType::SEQUENCE_ALTER => {
             let key = m.str_u32()?;
             let (increment, min, max, start, last) = (m.raw8()?, m.raw8()?, m.raw8()?, m.raw8()?, m.raw8()?);
             let cycle = m.byte()?;
             let restart = m.byte()?;
-            Ok((Q::SequenceAlter { key, increment, min, max, start, last, cycle, restart }, RunThenBadFormat))
+            Ok((Q::SequenceAlter { key, increment, min, max, start, last, cycle, restart }, then_end(m)))
         }
         MsgType::SEQUENCE_GET_CURRENT => {
             let key = m.str_u32()?;
@@ -347,7 +356,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             let session = m.session()?;
             let value = m.raw8()?;
             let is_called = m.byte()?;
-            Ok((Q::SequenceSetVal { key, session, value, is_called }, RunThenBadFormat))
+            Ok((Q::SequenceSetVal { key, session, value, is_called }, then_end(m)))
         }
         MsgType::SEQUENCE_RESET => run(Q::SequenceReset { key: m.str_u32()? }),
         MsgType::SEQUENCE_CLOSE => {
@@ -358,7 +367,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             let key = m.str_u32()?;
             let new_key = m.str_u32()?;
             let gxid = m.raw4()?;
-            Ok((Q::SequenceRename { key, new_key, gxid }, RunThenBadFormat))
+            Ok((Q::SequenceRename { key, new_key, gxid }, then_end(m)))
         }
         // No handler: the payload is never read.
         MsgType::SEQUENCE_GET_LAST => Err(Outcome::NoReply),
