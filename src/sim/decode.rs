@@ -108,9 +108,10 @@ impl Msg {
         Ok(Begin { isolation: self.i32be()?, read_only: self.byte()?, session_id: self.str_u32()? })
     }
 
-    /// A GID as the 2PC handlers read it: `palloc(len + 1)` first.
-    fn gid(&mut self, len: u32) -> R<Bytes> {
-        let size = u64::from(len.wrapping_add(1));
+    /// A GID as the 2PC handlers read it: `palloc(len + 1)` first, with `len` an
+    /// `int` (`signed`) or a `GTM_StrLen`.
+    fn gid(&mut self, len: u32, signed: bool) -> R<Bytes> {
+        let size = if signed { (len as i32).wrapping_add(1) as i64 as u64 } else { u64::from(len.wrapping_add(1)) };
         if size > MAX_ALLOC {
             return Err(err(format!("invalid memory alloc request size {size}")));
         }
@@ -166,6 +167,15 @@ impl Gtm {
     }
 }
 
+/// For handlers that check for trailing bytes only after acting.
+fn then_end(m: &Msg) -> Then {
+    if m.left() != 0 {
+        Then::RunThenBadFormat
+    } else {
+        Then::Run
+    }
+}
+
 /// `ProcessPGXCNodeBackendDisconnect`'s reading; `None`: nothing more to do.
 fn backend_disconnect(m: &mut Msg) -> R<Option<(i32, Bytes)>> {
     if !m.byte()? {
@@ -207,7 +217,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             let data_folder = m.str_u32()?;
             let status = m.i32be()?;
             let n = NodeRegister { node_type, name, host, port, proxy_name, data_folder, status };
-            Ok((Q::NodeRegister(n), RunThenBadFormat))
+            Ok((Q::NodeRegister(n), then_end(m)))
         }
         MsgType::NODE_UNREGISTER => {
             let node_type = m.raw4()? as i32;
@@ -215,7 +225,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             if len >= NI_MAXHOST as i32 {
                 return Err(err("Invalid node name length"));
             }
-            Ok((Q::NodeUnregister { node_type, name: m.bytes(len)? }, RunThenBadFormat))
+            Ok((Q::NodeUnregister { node_type, name: m.bytes(len)? }, then_end(m)))
         }
         MsgType::REGISTER_SESSION => {
             let len = m.i32be()?;
@@ -237,9 +247,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
         MsgType::TXN_BEGIN_GETGXID_MULTI => {
             let count = m.i32be()?;
             if count <= 0 {
-                return Err(Outcome::Crash(format!(
-                    "MSG_TXN_BEGIN_GETGXID_MULTI with count {count} (the real GTM PANICs)"
-                )));
+                return Err(Outcome::Panic("Zero or less transaction count".into()));
             }
             let mut v = Vec::with_capacity((count as usize).min(MAX_TXNS));
             for i in 0..count as usize {
@@ -257,7 +265,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
         MsgType::TXN_START_PREPARED => {
             let gxid = m.raw4()?;
             let gid_len = m.int4()?;
-            let gid = m.gid(gid_len)?;
+            let gid = m.gid(gid_len, false)?;
             let nodes = m.str_u32()?;
             m.end()?;
             run(Q::TxnStartPrepared { gxid, gid, nodes })
@@ -277,19 +285,9 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
         }
         MsgType::TXN_COMMIT_MULTI | MsgType::TXN_ROLLBACK_MULTI | MsgType::SNAPSHOT_GET_MULTI => {
             let count = m.i32be()?;
-            // Elements are stored as they are read: the arrays overflow only if
-            // the data for element 16385 is really there.
-            if count as usize > MAX_TXNS && m.left() > MAX_TXNS * 4 {
-                return Err(overflow(msg_type, count));
-            }
             let v = m.gxids(count)?;
             m.end()?;
             if count < 0 {
-                if msg_type == MsgType::SNAPSHOT_GET_MULTI {
-                    return Err(Outcome::Crash(format!(
-                        "MSG_SNAPSHOT_GET_MULTI with count {count} (memset of a negative size)"
-                    )));
-                }
                 return Err(negative_multi(msg_type, count));
             }
             run(match msg_type {
@@ -307,7 +305,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             let isolation = m.i32be()?;
             let read_only = m.byte()?;
             let len = m.int4()?;
-            let gid = m.gid(len)?;
+            let gid = m.gid(len, true)?;
             m.end()?;
             run(Q::TxnGetGidData { isolation, read_only, gid })
         }
@@ -335,14 +333,14 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             let (increment, min, max, start) = (m.raw8()?, m.raw8()?, m.raw8()?, m.raw8()?);
             let cycle = m.byte()?;
             let gxid = m.raw4()?;
-            Ok((Q::SequenceInit { key, increment, min, max, start, cycle, gxid }, RunThenBadFormat))
+            Ok((Q::SequenceInit { key, increment, min, max, start, cycle, gxid }, then_end(m)))
         }
         MsgType::SEQUENCE_ALTER => {
             let key = m.str_u32()?;
             let (increment, min, max, start, last) = (m.raw8()?, m.raw8()?, m.raw8()?, m.raw8()?, m.raw8()?);
             let cycle = m.byte()?;
             let restart = m.byte()?;
-            Ok((Q::SequenceAlter { key, increment, min, max, start, last, cycle, restart }, RunThenBadFormat))
+            Ok((Q::SequenceAlter { key, increment, min, max, start, last, cycle, restart }, then_end(m)))
         }
         MsgType::SEQUENCE_GET_CURRENT => {
             let key = m.str_u32()?;
@@ -358,7 +356,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             let session = m.session()?;
             let value = m.raw8()?;
             let is_called = m.byte()?;
-            Ok((Q::SequenceSetVal { key, session, value, is_called }, RunThenBadFormat))
+            Ok((Q::SequenceSetVal { key, session, value, is_called }, then_end(m)))
         }
         MsgType::SEQUENCE_RESET => run(Q::SequenceReset { key: m.str_u32()? }),
         MsgType::SEQUENCE_CLOSE => {
@@ -369,7 +367,7 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
             let key = m.str_u32()?;
             let new_key = m.str_u32()?;
             let gxid = m.raw4()?;
-            Ok((Q::SequenceRename { key, new_key, gxid }, RunThenBadFormat))
+            Ok((Q::SequenceRename { key, new_key, gxid }, then_end(m)))
         }
         // No handler: the payload is never read.
         MsgType::SEQUENCE_GET_LAST => Err(Outcome::NoReply),
@@ -387,10 +385,15 @@ fn parse(m: &mut Msg, msg_type: MsgType) -> R<(Request, Then)> {
 
 fn overflow(msg_type: MsgType, count: i32) -> Outcome {
     Outcome::Crash(format!(
-        "message type {} with count {count} overflows the real GTM's {MAX_TXNS}-entry stack arrays",
+        "message type {} with count {count} overflows the real GTM's {MAX_TXNS}-entry arrays",
         msg_type.0
     ))
 }
+
+/// Most negative count of `MSG_TXN_COMMIT_MULTI` the real GTM was seen to survive
+/// (it sizes stack arrays with the count; how far that goes depends on its stack
+/// layout: -100 always survived, -100000 did not).
+const COMMIT_MULTI_NEGATIVE_SURVIVED: i32 = -100;
 
 /// The waited-GXID list of commit requests: read only for a positive count.
 fn waited(m: &mut Msg) -> R<Vec<u32>> {
@@ -405,9 +408,23 @@ fn waited(m: &mut Msg) -> R<Vec<u32>> {
     m.gxids(count)
 }
 
-/// Commit / rollback MULTI with a negative count: nothing is processed, then
-/// building the reply asks for `count * 4` status bytes.
+/// MULTI requests with a negative count. The real GTM sizes stack arrays with
+/// the count: snapshot requests crash at once (`memset` of a negative size), a
+/// rollback survives only -1, a commit small negative counts (see
+/// [`COMMIT_MULTI_NEGATIVE_SURVIVED`]). Survivors fail when the reply asks for
+/// `count * 4` status bytes.
 fn negative_multi(msg_type: MsgType, count: i32) -> Outcome {
+    let survives = match msg_type {
+        MsgType::TXN_COMMIT_MULTI => count >= COMMIT_MULTI_NEGATIVE_SURVIVED,
+        MsgType::TXN_ROLLBACK_MULTI => count == -1,
+        _ => false,
+    };
+    if !survives {
+        return Outcome::Crash(format!(
+            "message type {} with count {count} sizes the real GTM's stack arrays negatively",
+            msg_type.0
+        ));
+    }
     let words = count.wrapping_mul(4);
     if words < 0 {
         return err(format!("invalid string enlargement request size: {words}"));

@@ -135,6 +135,9 @@ pub enum Outcome {
     Fatal(String),
     /// The real GTM would crash here. The simulator logs and exits.
     Crash(String),
+    /// The real GTM sends `E` with severity PANIC, then aborts. The simulator sends
+    /// the same frame, logs and exits.
+    Panic(String),
 }
 
 impl Outcome {

@@ -7,7 +7,7 @@
 //! only announced sessions (`MSG_REGISTER_SESSION`) are registered implicitly,
 //! flagged as session registrations.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::state::Gtm;
 use super::*;
@@ -30,6 +30,10 @@ pub const XMIN_DELAY_US: i64 = 600 * 1000 * 1000;
 
 /// `SP_NODE_NAME`: coordinator names in `MSG_REGISTER_SESSION` must be shorter.
 const SP_NODE_NAME: i32 = 64;
+/// Initial capacity of a node's session array.
+const INIT_SESSIONS: u32 = 256;
+/// `NODE_HASH_TABLE_SIZE`: nodes are listed bucket by bucket.
+const NODE_HASH_TABLE_SIZE: u32 = 16;
 
 /// One registered node (`GTM_PGXCNodeInfo`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,8 @@ pub struct Node {
     pub is_session: bool,
     /// (coordinator pid, backend id) of announced sessions.
     pub sessions: Vec<(i32, i32)>,
+    /// Capacity of the C session array (`max_sessions`), visible in node lists.
+    pub max_sessions: u32,
 }
 
 /// Registered nodes in registration order.
@@ -105,6 +111,41 @@ impl Nodes {
         true
     }
 
+    /// The `NODE_LIST_RESULT` payload: count, then a length-prefixed
+    /// `gtm_serialize_pgxcnodeinfo` blob per node, in hash-bucket order.
+    pub fn list(&self) -> Bytes {
+        let mut order: Vec<&Node> = self.list.iter().collect();
+        order.sort_by_key(|n| name_hash(&n.name));
+        let mut out = BytesMut::new();
+        out.put_i32(order.len() as i32);
+        for n in order {
+            let mut b = BytesMut::new();
+            b.put_i32_le(n.node_type);
+            for s in [&n.name, &n.proxy_name] {
+                b.put_u32_le(s.len() as u32);
+                b.extend_from_slice(s);
+            }
+            b.put_u32_le(n.port);
+            for s in [&n.host, &n.data_folder] {
+                b.put_u32_le(s.len() as u32);
+                b.extend_from_slice(s);
+            }
+            b.put_i32_le(n.status);
+            b.put_u8(n.excluded as u8);
+            b.put_u32_le(n.reported_xmin);
+            b.put_i64_le(n.reported_xmin_time);
+            b.put_u32_le(n.max_sessions);
+            b.put_u32_le(n.sessions.len() as u32);
+            for (pid, backend) in &n.sessions {
+                b.put_i32_le(*pid);
+                b.put_i32_le(*backend);
+            }
+            out.put_i32(b.len() as i32);
+            out.extend_from_slice(&b);
+        }
+        out.freeze()
+    }
+
     /// Link close on a postmaster link (`Recovery_PGXCNodeDisconnect`): the node
     /// named by the startup packet, if registered through this link (or loaded
     /// from a state file), is marked disconnected.
@@ -118,6 +159,20 @@ impl Nodes {
             n.socket = 0;
         }
     }
+}
+
+/// `pgxcnode_gethash`, with C's wrapping `int` arithmetic and signed `char`s.
+fn name_hash(name: &[u8]) -> u32 {
+    if name.is_empty() {
+        return 0;
+    }
+    let mut value = 0x238F_13AFi32.wrapping_mul(name.len() as i32);
+    for (i, &c) in name.iter().enumerate() {
+        let shifted = (c as i8 as i32).wrapping_shl(((i * 5) % 24) as u32);
+        value = value.wrapping_add(shifted & 0x7fff_ffff);
+    }
+    let hash = (1_103_515_243i32.wrapping_mul(value).wrapping_add(12345) % 65537) & 0x0FFF;
+    hash as u32 % NODE_HASH_TABLE_SIZE
 }
 
 fn node_type_known(t: i32) -> bool {
@@ -158,6 +213,7 @@ impl Gtm {
             joining: false,
             is_session: false,
             sessions: Vec::new(),
+            max_sessions: 0,
         };
         let global_xmin = self.global_xmin;
         if !self.nodes.add(node, global_xmin) {
@@ -209,20 +265,24 @@ impl Gtm {
                 joining: false,
                 is_session: true,
                 sessions: Vec::new(),
+                max_sessions: 0,
             };
             let gx = self.global_xmin;
             self.nodes.add(node, gx);
         }
         let Some(i) = self.nodes.find(node_type::COORDINATOR, &name) else { return reply };
         self.touch();
-        let sessions = &mut self.nodes.list[i].sessions;
+        let node = &mut self.nodes.list[i];
         let mut old_pid = 0;
-        if !sessions.iter().any(|s| s.0 == pid) {
-            if let Some(s) = sessions.iter_mut().find(|s| s.1 == backend_id) {
+        if !node.sessions.iter().any(|s| s.0 == pid) {
+            if let Some(s) = node.sessions.iter_mut().find(|s| s.1 == backend_id) {
                 old_pid = s.0;
                 s.0 = pid;
             } else {
-                sessions.push((pid, backend_id));
+                if node.sessions.len() as u32 == node.max_sessions {
+                    node.max_sessions = if node.max_sessions == 0 { INIT_SESSIONS } else { node.max_sessions * 2 };
+                }
+                node.sessions.push((pid, backend_id));
             }
         }
         if old_pid != 0 {

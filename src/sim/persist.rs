@@ -15,7 +15,7 @@
 //! next_client_id 6
 //! last_slot 4
 //! txn <handle> <gxid> <client> <conn> <state> <iso> <ro> <vacuum> <xmin> <snapset> <session> <gid> <nodes> <created> <dropped> <altered>
-//! node <type> <name> <host> <port> <proxy> <folder> <status> <xmin> <xmin_time> <excluded> <joining> <is_session> <sessions>
+//! node <type> <name> <host> <port> <proxy> <folder> <status> <xmin> <xmin_time> <excluded> <joining> <is_session> <max_sessions> <sessions>
 //! seq <key> <old_key> <value> <init> <inc> <min> <max> <cycle> <called> <created_gxid> <max_lastvals> <ref_count> <lastvals>
 //! end <checksum>
 //! ```
@@ -114,7 +114,7 @@ pub fn encode(g: &Gtm) -> String {
     }
     for n in &g.nodes.list {
         out.push_str(&format!(
-            "node {} {} {} {} {} {} {} {} {} {} {} {} {}\n",
+            "node {} {} {} {} {} {} {} {} {} {} {} {} {} {}\n",
             n.node_type,
             hex(&n.name),
             hex(&n.host),
@@ -127,6 +127,7 @@ pub fn encode(g: &Gtm) -> String {
             n.excluded as u8,
             n.joining as u8,
             n.is_session as u8,
+            n.max_sessions,
             list(&n.sessions, |(p, b)| format!("{p}:{b}")),
         ));
     }
@@ -351,6 +352,7 @@ fn parse_line(g: &mut Gtm, line: &str) -> Result<(), String> {
                 excluded: f.flag()?,
                 joining: f.flag()?,
                 is_session: f.flag()?,
+                max_sessions: f.num()?,
                 sessions: f.list(|s| {
                     let p = parts(s, 2)?;
                     Ok((parse_num(p[0])?, parse_num(p[1])?))
@@ -400,4 +402,106 @@ fn validate(g: &Gtm) -> Result<(), String> {
         return Err("next_client_id is 0".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec::{Begin, BeginElem, Request, SeqSession};
+    use crate::sim::LinkCtx;
+
+    fn populated() -> Gtm {
+        let mut g = Gtm::new(GtmConfig::default(), Box::new(|| 77));
+        let p = LinkCtx::proxy(1, 5, -1);
+        let elem = |s: &[u8], c| BeginElem {
+            begin: Begin { isolation: 1, read_only: false, session_id: Bytes::copy_from_slice(s) },
+            conn_id: c,
+        };
+        g.handle(&p, Request::TxnBeginGetGxidMulti(vec![elem(b"s1\0", 3), elem(b"\0", 4)]));
+        g.handle(
+            &LinkCtx::direct(2, 7),
+            Request::TxnBegin(Begin { isolation: 0, read_only: true, session_id: Bytes::new() }),
+        );
+        g.handle(
+            &LinkCtx::direct(2, 7),
+            Request::TxnStartPrepared {
+                gxid: 10001,
+                gid: Bytes::from_static(b"g 1"),
+                nodes: Bytes::from_static(b"dn1"),
+            },
+        );
+        g.handle(&p, Request::RegisterSession { coord_name: Bytes::from_static(b"cn1"), coord_pid: 9, backend_id: 1 });
+        g.handle(
+            &p,
+            Request::SequenceInit {
+                key: Bytes::from_static(b"db.s\0"),
+                increment: 1,
+                min: 1,
+                max: 100,
+                start: 1,
+                cycle: false,
+                gxid: 10000,
+            },
+        );
+        g.handle(
+            &p,
+            Request::SequenceGetNext {
+                key: Bytes::from_static(b"db.s\0"),
+                session: SeqSession { coord_name: Bytes::from_static(b"cn1"), coord_pid: 9 },
+                range: 1,
+            },
+        );
+        g.accept();
+        g
+    }
+
+    #[test]
+    fn round_trip() {
+        let g = populated();
+        let text = encode(&g);
+        let h = decode(&text, Box::new(|| 0)).unwrap();
+        assert_eq!(encode(&h), text);
+        assert_eq!(h.next_gxid(), 10002);
+        assert_eq!(h.txns().count(), 3);
+        let t = h.txn(10000).unwrap();
+        assert_eq!((t.client_id, t.conn_id, t.session.as_slice(), t.created_seqs.len()), (5, 3, &b"s1"[..], 1));
+        assert_eq!(h.txn(10001).unwrap().gid.as_deref(), Some(&b"g 1"[..]));
+        // Promotion bookkeeping: the highest client id among open transactions.
+        assert_eq!(h.starting_client_id(), 7);
+        assert_eq!(h.next_client_id, g.next_client_id);
+        assert_eq!(h.nodes.list[0].socket, -1);
+        assert_eq!(h.seqs.list, g.seqs.list);
+    }
+
+    #[test]
+    fn corruption_is_refused() {
+        let text = encode(&populated());
+        let flipped = text.replacen("next_gxid 10002", "next_gxid 10003", 1);
+        assert_eq!(decode(&flipped, Box::new(|| 0)).unwrap_err(), "checksum mismatch");
+        let cut = &text[..text.len() / 2];
+        assert!(decode(cut, Box::new(|| 0)).is_err());
+        assert!(decode("", Box::new(|| 0)).is_err());
+        let body = "gtm_sim-state 2\n";
+        let bad_version = format!("{body}end {:016x}\n", checksum(body.as_bytes()));
+        assert!(decode(&bad_version, Box::new(|| 0)).unwrap_err().contains("unsupported header"));
+        let body = "gtm_sim-state 1\ntxn 1 2\n";
+        let short = format!("{body}end {:016x}\n", checksum(body.as_bytes()));
+        assert_eq!(decode(&short, Box::new(|| 0)).unwrap_err(), "line 2: missing field");
+    }
+
+    #[test]
+    fn save_and_load_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path(), Box::new(|| 0)).unwrap().is_none());
+        save(&populated(), dir.path()).unwrap();
+        let g = load(dir.path(), Box::new(|| 0)).unwrap().unwrap();
+        assert_eq!(g.next_gxid(), 10002);
+        fs::write(dir.path().join(STATE_FILE), "garbage").unwrap();
+        match load(dir.path(), Box::new(|| 0)) {
+            Err(PersistError::Corrupt { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

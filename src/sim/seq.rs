@@ -401,7 +401,12 @@ impl Gtm {
         let s = &mut self.seqs.list[i];
         s.value = s.init_value;
         self.touch();
-        Outcome::reply(Response::SequenceReset { key: Bytes::copy_from_slice(key) })
+        // GTM_SeqReset releases the backup lock instead of the sequence's lock:
+        // the value is reset, then the request fails. (The real GTM's backup lock
+        // is left corrupted and its next control-file write deadlocks; that part
+        // is not reproduced.)
+        log::warn!("MSG_SEQUENCE_RESET: the real GTM answers \"lock is not held\" and later deadlocks");
+        Outcome::error("lock is not held")
     }
 
     /// `MSG_SEQUENCE_CLOSE` (`GTM_SeqClose`): drop one sequence, or every sequence

@@ -239,7 +239,11 @@ impl Server {
                 }
             }
             for &key in &touched {
-                self.process(key)?;
+                if let Err(e) = self.process(key) {
+                    // What the real GTM had flushed before dying was already sent.
+                    self.write_everything();
+                    return Err(e);
+                }
             }
             if self.gtm.take_dirty() {
                 if let Some(dir) = &self.persist_dir {
@@ -325,6 +329,18 @@ impl Server {
             c.close();
         }
         Ok(())
+    }
+
+    /// Best-effort write of every link's flushed output (before exiting).
+    fn write_everything(&mut self) {
+        for (_, c) in self.conns.iter_mut() {
+            while !c.out.is_empty() {
+                match c.stream.write(&c.out) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => c.out.advance(n),
+                }
+            }
+        }
     }
 
     fn write_and_reap(&mut self, key: usize) {
@@ -540,6 +556,11 @@ fn apply(c: &mut Conn, outcome: Outcome, proxy: bool) -> Result<bool, ServerErro
         }
         Outcome::Crash(msg) => {
             log::error!("would abort the real GTM: {msg}");
+            Err(ServerError::WouldCrash(msg))
+        }
+        Outcome::Panic(msg) => {
+            c.send_error("PANIC", &msg);
+            log::error!("would abort the real GTM: PANIC {msg}");
             Err(ServerError::WouldCrash(msg))
         }
     }

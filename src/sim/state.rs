@@ -291,6 +291,14 @@ impl Gtm {
                 let resp = Response::Other { result_type: ResultType::SYNC_STANDBY_RESULT, payload: Bytes::new() };
                 Outcome::Reply { resp, flush: true }
             }
+            MsgType::NODE_LIST => {
+                // The list is built before the trailing-bytes check; no side effects.
+                if !payload.is_empty() {
+                    return Outcome::error("invalid message format");
+                }
+                let resp = Response::Other { result_type: ResultType::NODE_LIST_RESULT, payload: self.nodes.list() };
+                Outcome::reply(resp)
+            }
             MsgType::SEQUENCE_LIST => {
                 if !payload.is_empty() {
                     return Outcome::error("invalid message format");
@@ -391,12 +399,11 @@ impl Gtm {
     /// `MSG_TXN_BEGIN_GETGXID_MULTI`: each new transaction is tagged with the
     /// element's connection id; one timestamp for all.
     fn begin_multi(&mut self, link: &LinkCtx, elems: &[BeginElem]) -> Outcome {
-        if elems.is_empty() || elems.len() > MAX_TXNS {
-            return Outcome::Crash(format!(
-                "MSG_TXN_BEGIN_GETGXID_MULTI with {} elements (the real GTM PANICs on 0 and overflows its \
-                 arrays above {MAX_TXNS})",
-                elems.len()
-            ));
+        if elems.is_empty() {
+            return Outcome::Panic("Zero or less transaction count".into());
+        }
+        if elems.len() > MAX_TXNS {
+            return too_many("MSG_TXN_BEGIN_GETGXID_MULTI", elems.len());
         }
         let reqs: Vec<BeginReq> = elems
             .iter()
@@ -465,17 +472,11 @@ impl Gtm {
     }
 
     fn commit_multi(&mut self, gxids: &[u32]) -> Outcome {
-        if gxids.len() > MAX_TXNS {
-            return too_many("MSG_TXN_COMMIT_MULTI", gxids.len());
-        }
         let ids: Vec<_> = gxids.iter().map(|&g| self.txns.find_gxid(g)).collect();
         Outcome::reply(Response::TxnCommitMulti { statuses: self.commit_ids(&ids, &[]) })
     }
 
     fn rollback_multi(&mut self, gxids: &[u32]) -> Outcome {
-        if gxids.len() > MAX_TXNS {
-            return too_many("MSG_TXN_ROLLBACK_MULTI", gxids.len());
-        }
         let ids: Vec<_> = gxids.iter().map(|&g| self.txns.find_gxid(g)).collect();
         Outcome::reply(Response::TxnRollbackMulti { statuses: self.rollback_ids(&ids) })
     }
@@ -624,6 +625,8 @@ impl Gtm {
     }
 
     fn snapshot_multi(&mut self, gxids: &[u32]) -> Outcome {
+        // Commit and rollback MULTIs survive a few elements over the limit; this
+        // one clears a status array of `count` words and does not.
         if gxids.len() > MAX_TXNS {
             return too_many("MSG_SNAPSHOT_GET_MULTI", gxids.len());
         }
@@ -638,5 +641,5 @@ impl Gtm {
 use Outcome::NoReply;
 
 fn too_many(what: &str, n: usize) -> Outcome {
-    Outcome::Crash(format!("{what} with {n} elements overflows the real GTM's {MAX_TXNS}-entry stack arrays"))
+    Outcome::Crash(format!("{what} with {n} elements overflows the real GTM's {MAX_TXNS}-entry arrays"))
 }
