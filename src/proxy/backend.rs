@@ -74,6 +74,8 @@ pub struct Backend {
     pub queued: bool,
     /// Queued in the worker's to-write list this round.
     pub write_queued: bool,
+    /// Registered for writable events (output is waiting for room).
+    pub want_write: bool,
 }
 
 /// Outcome of draining a socket's readable data.
@@ -102,6 +104,7 @@ impl Backend {
             read_paused: false,
             queued: false,
             write_queued: false,
+            want_write: false,
         }
     }
 
@@ -141,7 +144,15 @@ pub fn read_into<R: Read>(
         }
         match sock.read(scratch) {
             Ok(0) => return Ok(ReadOutcome::Eof),
-            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&scratch[..n]);
+                if n < scratch.len() {
+                    // A short read emptied the socket buffer; new data will
+                    // raise a new readiness edge. Saves a read that would
+                    // only say WouldBlock.
+                    return Ok(ReadOutcome::Open);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Open),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

@@ -272,11 +272,7 @@ impl Worker {
             let _ = std::io::Write::write(&mut sock, &b);
             return;
         };
-        if let Err(e) = self.poll.registry().register(
-            &mut sock,
-            Token(key + FIRST_BACKEND),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = self.poll.registry().register(&mut sock, Token(key + FIRST_BACKEND), Interest::READABLE) {
             warn!("worker {}: cannot register backend: {e}", self.id);
             self.ids.release(conn, gen);
             return;
@@ -522,12 +518,22 @@ impl Worker {
 
     fn write_backends(&mut self) {
         let limit = self.cfg.backend_output_limit;
-        let keys = std::mem::take(&mut self.to_write);
-        for key in keys {
+        let mut keys = std::mem::take(&mut self.to_write);
+        for &key in &keys {
             let Some(b) = self.backends.get_mut(key) else { continue };
             b.write_queued = false;
             match b.flush() {
                 Ok(true) => {
+                    if b.want_write {
+                        // Drained: readable interest only, so that writable
+                        // edges stop waking this loop.
+                        b.want_write = false;
+                        let _ = self.poll.registry().reregister(
+                            &mut b.sock,
+                            Token(key + FIRST_BACKEND),
+                            Interest::READABLE,
+                        );
+                    }
                     if b.closing && !b.busy {
                         self.close_backend(key, "closed by peer");
                     }
@@ -536,6 +542,13 @@ impl Worker {
                     if b.wbuf.len() > limit {
                         warn!("worker {}: backend {key} does not read its answers; closing it", self.id);
                         self.close_backend(key, "output limit exceeded");
+                    } else if !b.want_write {
+                        b.want_write = true;
+                        let _ = self.poll.registry().reregister(
+                            &mut b.sock,
+                            Token(key + FIRST_BACKEND),
+                            Interest::READABLE | Interest::WRITABLE,
+                        );
                     }
                 }
                 Err(e) => {
@@ -547,6 +560,10 @@ impl Worker {
                     }
                 }
             }
+        }
+        keys.clear();
+        if self.to_write.is_empty() {
+            self.to_write = keys;
         }
     }
 
