@@ -152,24 +152,16 @@ impl Batcher {
 
     /// Put an entry that was in flight back at the front, to be sent again.
     pub fn requeue(&mut self, p: Pending) {
+        fn in_front<T>(mut v: Vec<T>, queue: &mut Vec<T>) {
+            v.append(queue);
+            *queue = v;
+        }
         match p {
             Pending::Forward(f) => self.forwards.push_front(f),
-            Pending::Begin(mut v) => {
-                v.append(&mut self.begins);
-                self.begins = v;
-            }
-            Pending::Commit(mut v) => {
-                v.append(&mut self.commits);
-                self.commits = v;
-            }
-            Pending::Rollback(mut v) => {
-                v.append(&mut self.rollbacks);
-                self.rollbacks = v;
-            }
-            Pending::Snapshot(mut v) => {
-                v.append(&mut self.snapshots);
-                self.snapshots = v;
-            }
+            Pending::Begin(v) => in_front(v, &mut self.begins),
+            Pending::Commit(v) => in_front(v, &mut self.commits),
+            Pending::Rollback(v) => in_front(v, &mut self.rollbacks),
+            Pending::Snapshot(v) => in_front(v, &mut self.snapshots),
         }
     }
 
