@@ -484,3 +484,25 @@ fn a_thousand_links() {
     let ids: std::collections::HashSet<_> = links.iter().map(|c| c.client_id).collect();
     assert_eq!(ids.len(), 1000);
 }
+
+#[test]
+fn a_pipelined_flood_is_answered_in_full() {
+    let sim = Sim::start();
+    let mut c = Client::backend(sim.addr());
+    // 1.26 MB of requests in one go: more than one loop iteration's read budget.
+    const N: usize = 140_000;
+    let mut batch = bytes::BytesMut::new();
+    for _ in 0..N {
+        gtmproxy::codec::encode_command(&mut batch, None, &Request::TxnGetNextGxid);
+    }
+    let mut w = c.writer();
+    let flood = std::thread::spawn(move || std::io::Write::write_all(&mut w, &batch).unwrap());
+    // Meanwhile another link is served.
+    let mut other = Client::backend(sim.addr());
+    assert_eq!(other.call(&Request::TxnGetNextGxid), Response::TxnGetNextGxid { gxid: 10000 });
+    let want = hex("53 00 00 00 0c 00 00 00 16 00 00 27 10");
+    for _ in 0..N {
+        assert_eq!(c.read_raw(), want);
+    }
+    flood.join().unwrap();
+}

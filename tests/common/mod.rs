@@ -260,6 +260,12 @@ impl Client {
         c
     }
 
+    /// A second handle on the socket, to write from another thread while this
+    /// one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone the socket")
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to the GTM");
     }
