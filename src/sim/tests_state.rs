@@ -682,3 +682,19 @@ fn dirty_tracking() {
     t.h(&direct(2), Request::TxnGetNextGxid);
     assert!(!t.g.take_dirty());
 }
+
+#[test]
+fn oversized_multis() {
+    // Commit and rollback MULTIs beyond 16384 elements were answered by the real
+    // GTM; a snapshot MULTI crashed it.
+    let mut t = new_gtm();
+    let l = direct(2);
+    let g = t.gxid(&l, b"a");
+    let st = t.commit(&l, &vec![g; MAX_TXNS + 1]);
+    assert_eq!(st.len(), MAX_TXNS + 1);
+    assert!(st.iter().all(|&s| s == 0));
+    let r = t.h(&l, Request::TxnRollbackMulti(vec![5; MAX_TXNS + 1]));
+    assert!(matches!(r, Outcome::Reply { .. }));
+    let r = t.h(&l, Request::SnapshotGetMulti(vec![0; MAX_TXNS + 1]));
+    assert!(matches!(r, Outcome::Crash(_)));
+}
