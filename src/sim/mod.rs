@@ -46,6 +46,8 @@
 //!   replication-init messages get an `E` (severity ERROR) "gtm_sim does not
 //!   support message type N" and the link stays open. Registering a node of type
 //!   GTM does not make the simulator open backup links to it.
+//! * **`MSG_SEQUENCE_GET_NEXT` with a huge range** is computed in one step; the
+//!   real GTM advances one increment at a time and can spin for a very long time.
 //! * **Frames above 1 GiB** (the real GTM's allocation limit) close the link
 //!   instead of producing an out-of-memory error and a misread stream.
 //! * **Scheduling**: one thread serves every link; within one loop iteration
