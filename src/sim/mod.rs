@@ -34,8 +34,9 @@
 //!   and deadlocks at its next control-file write, which is not reproduced.
 //! * **Undefined memory is replaced by zeros**: `MSG_SNAPSHOT_GET` /
 //!   `MSG_SNAPSHOT_GXID_GET` with count > 2 (the real GTM sends stack garbage after
-//!   the count), and the uninitialised key type and session-name padding inside
-//!   `SEQUENCE_LIST_RESULT` blobs.
+//!   the count; with a count in the millions it reads off its stack and dies — the
+//!   simulator exits above 1000000), and the uninitialised key type and
+//!   session-name padding inside `SEQUENCE_LIST_RESULT` blobs.
 //! * **Buffer overflows are not reproduced**: over-long node host / data folder
 //!   names, `MSG_REPORT_XMIN` node names over 1024 bytes and 2PC node strings over
 //!   1023 bytes overflow fixed stack buffers in the real GTM; the simulator just
@@ -144,6 +145,8 @@ pub enum Outcome {
     NoReply,
     /// `E` with severity ERROR; the link stays usable.
     Error(String),
+    /// `E` with severity ERROR and a detail field.
+    ErrorDetail { message: String, detail: String },
     /// `E` with severity FATAL; the link is closed without the usual link-close
     /// cleanup (open transactions survive, as on the real GTM's fatal path).
     Fatal(String),

@@ -141,8 +141,12 @@ impl Conn {
 
     /// `E` frame: always flushed at once.
     fn send_error(&mut self, severity: &str, msg: &str) {
+        self.send_fields(&ErrorFields::new(severity, msg));
+    }
+
+    fn send_fields(&mut self, fields: &ErrorFields) {
         let mut b = BytesMut::new();
-        encode_error(&mut b, self.header(), &ErrorFields::new(severity, msg));
+        encode_error(&mut b, self.header(), fields);
         self.put(&b);
         self.flush();
     }
@@ -578,6 +582,10 @@ fn apply(c: &mut Conn, outcome: Outcome, proxy: bool) -> Result<bool, ServerErro
         Outcome::NoReply => Ok(true),
         Outcome::Error(msg) => {
             c.send_error("ERROR", &msg);
+            Ok(true)
+        }
+        Outcome::ErrorDetail { message, detail } => {
+            c.send_fields(&ErrorFields::new("ERROR", &message).with_detail(&detail));
             Ok(true)
         }
         Outcome::Fatal(msg) => {
