@@ -278,6 +278,13 @@ impl Server {
                 }
                 self.write_and_reap(key);
             }
+            // A failed write closes its link, which aborts transactions: make that
+            // durable now rather than at some later iteration.
+            if self.gtm.take_dirty() {
+                if let Some(dir) = &self.persist_dir {
+                    persist::save(&self.gtm, dir)?;
+                }
+            }
         }
     }
 
