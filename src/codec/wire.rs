@@ -44,7 +44,15 @@ impl Reader {
         }
     }
 
-    getter!(u8, u8, get_u8, 1);
+    /// One byte. Reading past the end gives the GTM's `pq_getmsgbyte` text, "no
+    /// data left in message", rather than the one of the wider reads.
+    #[inline]
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+        if self.buf.is_empty() {
+            return Err(DecodeError::Invalid("no data left in message"));
+        }
+        Ok(self.buf.get_u8())
+    }
     getter!(i16be, i16, get_i16, 2);
     getter!(i16le, i16, get_i16_le, 2);
     getter!(i32be, i32, get_i32, 4);
@@ -67,16 +75,18 @@ impl Reader {
     }
 
     /// A byte string preceded by a big-endian length (`GTM_StrLen` or a signed
-    /// `int`; a negative signed length is a format error).
+    /// `int`).
     pub fn str_u32be(&mut self) -> Result<Bytes, DecodeError> {
         let n = self.u32be()? as usize;
         self.bytes(n)
     }
 
+    /// A negative length fails like a length past the end: `pq_getmsgbytes`
+    /// reports both as "insufficient data left in message".
     pub fn str_i32be(&mut self) -> Result<Bytes, DecodeError> {
         let n = self.i32be()?;
         if n < 0 {
-            return Err(DecodeError::Invalid("negative length"));
+            return Err(DecodeError::Insufficient);
         }
         self.bytes(n as usize)
     }
@@ -187,5 +197,24 @@ impl Put for BytesMut {
     fn str_i32be(&mut self, b: &[u8]) {
         self.put_i32(b.len() as i32);
         self.extend_from_slice(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Error texts are the GTM's (`pqformat.c`), which the proxy passes on.
+    #[test]
+    fn error_texts_match_pqformat() {
+        let mut r = Reader::new(Bytes::new());
+        assert_eq!(r.bool().unwrap_err().to_string(), "no data left in message");
+        assert_eq!(r.u8().unwrap_err().to_string(), "no data left in message");
+        assert_eq!(r.i32be().unwrap_err().to_string(), "insufficient data left in message");
+        let mut r = Reader::new(Bytes::from_static(&[0xff, 0xff, 0xff, 0xfe, 1, 2]));
+        assert_eq!(r.str_i32be().unwrap_err().to_string(), "insufficient data left in message");
+        let mut r = Reader::new(Bytes::from_static(&[0, 0, 0, 1, 7, 9]));
+        assert_eq!(r.str_i32be().unwrap(), Bytes::from_static(&[7]));
+        assert_eq!(r.end().unwrap_err().to_string(), "invalid message format");
     }
 }

@@ -16,30 +16,46 @@
 //! Behaviour that matches (including several bugs of the real GTM, kept on
 //! purpose) is described at each handler. These are the differences:
 //!
-//! * **Crashes become a clean, loud exit.** Requests that crash or abort the real
-//!   GTM (`MSG_TXN_BEGIN_GETGXID_MULTI` with count ≤ 0 or > 16384, any other MULTI
-//!   with more than 16384 elements, `MSG_SNAPSHOT_GET_MULTI` with a negative count,
-//!   `MSG_TXN_GET_GXID` naming a free slot, `MSG_SNAPSHOT_GXID_GET` for an unknown
-//!   GXID, `MSG_SEQUENCE_GET_CURRENT` without a coordinator name while the
-//!   sequence has session values) are logged at ERROR ("would abort the real
-//!   GTM") and the process exits with status 3, so a test notices the proxy that
-//!   sent them.
+//! * **Crashes become a clean, loud exit.** Requests that crash or wedge the
+//!   real GTM are logged at ERROR ("would abort the real GTM") and the process
+//!   exits with status 3, so a test notices the proxy that sent them:
+//!   `MSG_TXN_BEGIN_GETGXID_MULTI` with count ≤ 0 (after the same `E` PANIC the
+//!   real GTM sends) or more than 16384 elements, `MSG_SNAPSHOT_GET_MULTI` with a
+//!   negative count or more than 16384 elements, `MSG_TXN_COMMIT_MULTI` with a
+//!   count below -100 and `MSG_TXN_ROLLBACK_MULTI` below -1 (the real GTM sizes
+//!   stack arrays with them; where exactly it dies depends on its stack layout),
+//!   `MSG_TXN_GET_GXID` naming a free slot, `MSG_SNAPSHOT_GXID_GET` for an
+//!   unknown GXID, and `MSG_SEQUENCE_GET_CURRENT` without a coordinator name
+//!   while the sequence has session values. Commit and rollback MULTIs with more
+//!   than 16384 elements write past the real GTM's arrays but were answered
+//!   normally in tests; the simulator answers them normally at any size.
+//! * **`MSG_SEQUENCE_RESET`** answers "lock is not held" after resetting the
+//!   value, as the real GTM does; the real GTM has then corrupted its backup lock
+//!   and deadlocks at its next control-file write, which is not reproduced.
 //! * **Undefined memory is replaced by zeros**: `MSG_SNAPSHOT_GET` /
 //!   `MSG_SNAPSHOT_GXID_GET` with count > 2 (the real GTM sends stack garbage after
-//!   the count), and the uninitialised key type and session-name padding inside
-//!   `SEQUENCE_LIST_RESULT` blobs.
+//!   the count; with a count in the millions it reads off its stack and dies — the
+//!   simulator exits above 1000000), and the uninitialised key type and
+//!   session-name padding inside `SEQUENCE_LIST_RESULT` blobs.
 //! * **Buffer overflows are not reproduced**: over-long node host / data folder
 //!   names, `MSG_REPORT_XMIN` node names over 1024 bytes and 2PC node strings over
 //!   1023 bytes overflow fixed stack buffers in the real GTM; the simulator just
 //!   accepts them. Strings are compared up to their first NUL as the C code does,
 //!   but never read past the field they came in.
 //! * **Standby and backup traffic is not implemented**: `MSG_BKUP_*`,
-//!   `MSG_NODE_LIST`, `MSG_TXN_GXID_LIST`, `MSG_BEGIN_BACKUP`/`MSG_END_BACKUP` and the
+//!   `MSG_TXN_GXID_LIST`, `MSG_BEGIN_BACKUP`/`MSG_END_BACKUP` and the
 //!   replication-init messages get an `E` (severity ERROR) "gtm_sim does not
-//!   support message type N" and the link stays open. Registering a node of type
+//!   support message type N" and the link stays open (`MSG_NODE_LIST` and
+//!   `MSG_SYNC_STANDBY` are answered). Registering a node of type
 //!   GTM does not make the simulator open backup links to it.
+//! * **`MSG_SEQUENCE_GET_NEXT` with a huge range** is computed in one step; the
+//!   real GTM advances one increment at a time and can spin for a very long time.
 //! * **Frames above 1 GiB** (the real GTM's allocation limit) close the link
 //!   instead of producing an out-of-memory error and a misread stream.
+//! * **Scheduling**: one thread serves every link; within one loop iteration
+//!   links are served in slab order, at most 1 MiB of input each. The real GTM
+//!   runs a thread per link, so the interleaving of concurrent requests from
+//!   different links can differ (each link's own order is kept).
 //! * **Restart without `--persist` starts from scratch** at `-x`. The real GTM
 //!   reads its control file and skips ahead by its control interval; there is no
 //!   control file or `register.node` file here. With `--persist` the state file
@@ -130,6 +146,8 @@ pub enum Outcome {
     NoReply,
     /// `E` with severity ERROR; the link stays usable.
     Error(String),
+    /// `E` with severity ERROR and a detail field.
+    ErrorDetail { message: String, detail: String },
     /// `E` with severity FATAL; the link is closed without the usual link-close
     /// cleanup (open transactions survive, as on the real GTM's fatal path).
     Fatal(String),

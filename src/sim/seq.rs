@@ -203,6 +203,34 @@ impl Sequences {
     }
 }
 
+/// `get_rangemax`: the last value of a `range`-value block starting at the
+/// current value, capped where the next step would pass the limit. The GTM steps
+/// one increment at a time (a huge range spins); this computes the same in one go.
+fn range_max(s: &Seq, range: i64) -> i64 {
+    let (value, inc) = (i128::from(s.value), i128::from(s.increment));
+    let wanted = i128::from(range) - 1;
+    let possible = if inc > 0 {
+        let limit = i128::from(s.max) - inc;
+        if value > limit {
+            0
+        } else {
+            (limit - value) / inc + 1
+        }
+    } else if inc < 0 {
+        let limit = i128::from(s.min) - inc;
+        if value < limit {
+            0
+        } else {
+            (value - limit) / -inc + 1
+        }
+    } else {
+        // A zero increment never moves.
+        return s.value;
+    };
+    let steps = wanted.min(possible);
+    i64::try_from(value + steps * inc).unwrap_or(s.value)
+}
+
 /// `seq_gethash`: sum of the key's bytes as C `char` (signed), modulo 1024.
 fn bucket(key: &[u8]) -> i64 {
     let total: u32 = key.iter().fold(0u32, |acc, &b| acc.wrapping_add(b as i8 as i32 as u32));
@@ -356,24 +384,7 @@ impl Gtm {
             return Outcome::error(FAILED);
         };
         s.value = result;
-        let range_max = if range > 1 {
-            let mut rmax = s.value;
-            let mut left = range - 1;
-            if s.ascending() {
-                while left != 0 && s.max.wrapping_sub(s.increment) >= rmax {
-                    rmax = rmax.wrapping_add(s.increment);
-                    left -= 1;
-                }
-            } else {
-                while left != 0 && s.min.wrapping_sub(s.increment) <= rmax {
-                    rmax = rmax.wrapping_add(s.increment);
-                    left -= 1;
-                }
-            }
-            rmax
-        } else {
-            result
-        };
+        let range_max = if range > 1 { range_max(s, range) } else { result };
         s.set_lastval(coord_name, pid as i32, range_max);
         s.value = range_max;
         self.touch();

@@ -44,6 +44,9 @@ const SEND_BUFFER: usize = 8192;
 /// `MaxAllocSize`: the GTM cannot hold a bigger message.
 const MAX_FRAME_LEN: usize = 0x3fff_ffff;
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read from one link per loop iteration, so one busy link cannot starve
+/// the others; the rest is read in the next iteration.
+const READ_PER_TURN: usize = 1 << 20;
 const LISTEN_BACKLOG: i32 = 4096;
 
 #[derive(Debug, Error)]
@@ -98,6 +101,8 @@ struct Conn {
     unflushed: BytesMut,
     /// Peer closed or the socket failed.
     eof: bool,
+    /// Reading stopped at the per-iteration budget with data still waiting.
+    more_input: bool,
     writable_interest: bool,
 }
 
@@ -136,8 +141,12 @@ impl Conn {
 
     /// `E` frame: always flushed at once.
     fn send_error(&mut self, severity: &str, msg: &str) {
+        self.send_fields(&ErrorFields::new(severity, msg));
+    }
+
+    fn send_fields(&mut self, fields: &ErrorFields) {
         let mut b = BytesMut::new();
-        encode_error(&mut b, self.header(), &ErrorFields::new(severity, msg));
+        encode_error(&mut b, self.header(), fields);
         self.put(&b);
         self.flush();
     }
@@ -207,8 +216,13 @@ impl Server {
     pub fn run(&mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
         let mut touched: Vec<usize> = Vec::new();
+        let mut carry: Vec<usize> = Vec::new();
         loop {
-            let timeout = self.accept_blocked.then(|| Duration::from_millis(100));
+            let timeout = if !carry.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                self.accept_blocked.then(|| Duration::from_millis(100))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -220,6 +234,12 @@ impl Server {
                 return Ok(());
             }
             touched.clear();
+            for key in carry.drain(..) {
+                if let Some(c) = self.conns.get_mut(key) {
+                    read_all(c);
+                    touched.push(key);
+                }
+            }
             if self.accept_blocked {
                 self.accept(&mut touched);
             }
@@ -238,6 +258,8 @@ impl Server {
                     }
                 }
             }
+            touched.sort_unstable();
+            touched.dedup();
             for &key in &touched {
                 if let Err(e) = self.process(key) {
                     // What the real GTM had flushed before dying was already sent.
@@ -251,7 +273,17 @@ impl Server {
                 }
             }
             for &key in &touched {
+                if self.conns.get(key).is_some_and(|c| c.more_input) {
+                    carry.push(key);
+                }
                 self.write_and_reap(key);
+            }
+            // A failed write closes its link, which aborts transactions: make that
+            // durable now rather than at some later iteration.
+            if self.gtm.take_dirty() {
+                if let Some(dir) = &self.persist_dir {
+                    persist::save(&self.gtm, dir)?;
+                }
             }
         }
     }
@@ -284,6 +316,7 @@ impl Server {
                         out: BytesMut::new(),
                         unflushed: BytesMut::new(),
                         eof: false,
+                        more_input: false,
                         writable_interest: false,
                     });
                     // Data may already be there (edge-triggered registration).
@@ -385,19 +418,28 @@ impl Server {
     }
 }
 
-/// Read until the socket would block.
+/// Read until the socket would block (or the per-iteration budget is spent).
 fn read_all(c: &mut Conn) {
     if c.eof || matches!(c.phase, Phase::Closing) {
         return;
     }
     let mut buf = [0u8; READ_CHUNK];
+    let mut budget = READ_PER_TURN;
+    c.more_input = false;
     loop {
+        if budget == 0 {
+            c.more_input = true;
+            return;
+        }
         match c.stream.read(&mut buf) {
             Ok(0) => {
                 c.eof = true;
                 return;
             }
-            Ok(n) => c.input.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                c.input.extend_from_slice(&buf[..n]);
+                budget = budget.saturating_sub(n);
+            }
             Err(e) => match e.kind() {
                 io::ErrorKind::WouldBlock => return,
                 io::ErrorKind::Interrupted => continue,
@@ -547,6 +589,10 @@ fn apply(c: &mut Conn, outcome: Outcome, proxy: bool) -> Result<bool, ServerErro
         Outcome::NoReply => Ok(true),
         Outcome::Error(msg) => {
             c.send_error("ERROR", &msg);
+            Ok(true)
+        }
+        Outcome::ErrorDetail { message, detail } => {
+            c.send_fields(&ErrorFields::new("ERROR", &message).with_detail(&detail));
             Ok(true)
         }
         Outcome::Fatal(msg) => {

@@ -31,6 +31,12 @@ impl Default for GtmConfig {
     }
 }
 
+/// `MaxAllocSize`: no GTM message buffer grows beyond it.
+const MAX_ALLOC_SIZE: usize = 0x3fff_ffff;
+/// Largest `MSG_SNAPSHOT_GET` count taken as survivable: the real GTM answered
+/// 100000 (with garbage) and died at 10000000.
+const SNAPSHOT_COUNT_SURVIVED: i32 = 1_000_000;
+
 /// `GTM_ISOLATION_SERIALIZABLE`.
 const ISOLATION_SERIALIZABLE: i32 = 0;
 
@@ -241,8 +247,8 @@ impl Gtm {
             R::TxnGetGidData { isolation, read_only, gid } => self.get_gid_data(link, isolation, read_only, &gid),
             R::TxnGetGxid { handle } => self.get_gxid(handle),
             R::TxnGetNextGxid => Outcome::reply(Response::TxnGetNextGxid { gxid: self.next_gxid }),
-            R::SnapshotGet { count, gxid } => self.snapshot_get(count, gxid, false),
-            R::SnapshotGxidGet { count, gxid } => self.snapshot_get(count, gxid, true),
+            R::SnapshotGet { count, gxid } => self.snapshot_get(link, count, gxid, false),
+            R::SnapshotGxidGet { count, gxid } => self.snapshot_get(link, count, gxid, true),
             R::SnapshotGetMulti(v) => self.snapshot_multi(&v),
             R::SequenceInit { key, increment, min, max, start, cycle, gxid } => {
                 self.seq_init(&key, [increment, min, max, start], cycle, gxid)
@@ -585,9 +591,10 @@ impl Gtm {
 
     /// `MSG_SNAPSHOT_GET` / `MSG_SNAPSHOT_GXID_GET`. The count is echoed and that
     /// many status words are sent from a one-word variable: count 1 is the normal
-    /// case, 0 sends none, a negative count fails when the reply is built, and
-    /// above 1 the real GTM sends the count itself then stack garbage (zeros here).
-    fn snapshot_get(&mut self, count: i32, gxid: u32, get_gxid: bool) -> Outcome {
+    /// case, 0 sends none, a negative count or one too big for a message fails when
+    /// the reply is built, and above 1 the real GTM sends the count itself then
+    /// stack garbage (zeros here), dying when it reads off its stack.
+    fn snapshot_get(&mut self, link: &LinkCtx, count: i32, gxid: u32, get_gxid: bool) -> Outcome {
         let id = self.txns.find_gxid(gxid);
         if get_gxid && id.is_none() {
             return Outcome::Crash(format!("MSG_SNAPSHOT_GXID_GET for unknown GXID {gxid} (NULL dereference)"));
@@ -609,6 +616,17 @@ impl Gtm {
         let words = count.wrapping_mul(4);
         if words < 0 {
             return Outcome::Error(format!("invalid string enlargement request size: {words}"));
+        }
+        // Result type, proxy header, gxid and count are already in the buffer.
+        let built = if link.is_proxy() { 14 } else { 12 };
+        if words as usize >= MAX_ALLOC_SIZE - built {
+            return Outcome::ErrorDetail {
+                message: "out of memory".into(),
+                detail: format!("Cannot enlarge string buffer containing {built} bytes by {words} more bytes."),
+            };
+        }
+        if count > SNAPSHOT_COUNT_SURVIVED {
+            return Outcome::Crash(format!("MSG_SNAPSHOT_GET with count {count} reads far past a stack variable"));
         }
         let mut p = BytesMut::new();
         p.put_u32_le(gxid);

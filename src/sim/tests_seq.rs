@@ -323,3 +323,15 @@ fn trailing_bytes_after_sequence_changes() {
         Outcome::Reply { .. }
     ));
 }
+
+#[test]
+fn huge_ranges_are_capped_without_spinning() {
+    let mut t = new_gtm();
+    t.ok(init(b"big\0", [NONE; 4], false, 0));
+    assert_eq!(t.range(b"big\0", i64::MAX), (1, 0x7fff_ffff_ffff_fffe));
+    t.ok(init(b"down\0", [-3, -20, -1, -1], false, 0));
+    assert_eq!(t.range(b"down\0", 100), (-1, -19));
+    t.ok(init(b"exact\0", [5, 1, 100, 1], false, 0));
+    assert_eq!(t.range(b"exact\0", 4), (1, 16));
+    assert_eq!(t.range(b"exact\0", 1000), (21, 96));
+}

@@ -329,6 +329,21 @@ fn snapshot_get_odd_counts() {
         error(t.h(&l, Request::SnapshotGet { count: -1, gxid: 0 })),
         "invalid string enlargement request size: -4"
     );
+    // Too big for any message: out of memory, with the buffer size in the detail.
+    let detail = |o: Outcome| match o {
+        Outcome::ErrorDetail { message, detail } => (message, detail),
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(
+        detail(t.h(&l, Request::SnapshotGet { count: 0x1fff_ffff, gxid: 0 })),
+        ("out of memory".into(), "Cannot enlarge string buffer containing 12 bytes by 2147483644 more bytes.".into())
+    );
+    let p = LinkCtx::proxy(5, 6, 3);
+    assert_eq!(
+        detail(t.h(&p, Request::SnapshotGet { count: 0x1fff_fffb, gxid: 0 })).1,
+        "Cannot enlarge string buffer containing 14 bytes by 2147483628 more bytes."
+    );
+    assert!(matches!(t.h(&l, Request::SnapshotGet { count: 10_000_000, gxid: 0 }), Outcome::Crash(_)));
 }
 
 #[test]
@@ -681,4 +696,20 @@ fn dirty_tracking() {
     assert!(!t.g.take_dirty());
     t.h(&direct(2), Request::TxnGetNextGxid);
     assert!(!t.g.take_dirty());
+}
+
+#[test]
+fn oversized_multis() {
+    // Commit and rollback MULTIs beyond 16384 elements were answered by the real
+    // GTM; a snapshot MULTI crashed it.
+    let mut t = new_gtm();
+    let l = direct(2);
+    let g = t.gxid(&l, b"a");
+    let st = t.commit(&l, &vec![g; MAX_TXNS + 1]);
+    assert_eq!(st.len(), MAX_TXNS + 1);
+    assert!(st.iter().all(|&s| s == 0));
+    let r = t.h(&l, Request::TxnRollbackMulti(vec![5; MAX_TXNS + 1]));
+    assert!(matches!(r, Outcome::Reply { .. }));
+    let r = t.h(&l, Request::SnapshotGetMulti(vec![0; MAX_TXNS + 1]));
+    assert!(matches!(r, Outcome::Crash(_)));
 }
