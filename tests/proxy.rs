@@ -481,3 +481,27 @@ fn smart_and_fast_shutdown() {
     });
     assert!(matches!(direct.call(&reg), Response::NodeRegister { .. }));
 }
+
+/// Autovacuum transactions are recorded by the GTM without a backend id and
+/// never ended by XL backends, so MSG_BACKEND_DISCONNECT cannot clean them
+/// up; the proxy ends them when their backend leaves (as a direct link's
+/// close would), instead of leaving them open forever.
+#[test]
+fn autovacuum_transactions_do_not_leak() {
+    let sim = Daemon::sim(&["--persist"]);
+    let proxy = Daemon::proxy(sim.addr, "", 1);
+    let mut c = Client::backend(proxy.addr, "dn1");
+    let mut vac = Vec::new();
+    for _ in 0..3 {
+        match c.call(&Request::TxnBeginGetGxidAutovacuum { isolation: 1, read_only: false }) {
+            Response::TxnBeginGetGxidAutovacuum { gxid } => vac.push(gxid),
+            other => panic!("{other:?}"),
+        }
+    }
+    let open = |dir: &std::path::Path| -> usize {
+        std::fs::read_to_string(dir.join("gtm_sim.state")).unwrap().lines().filter(|l| l.starts_with("txn ")).count()
+    };
+    assert_eq!(open(&sim.dir), 3, "the GTM holds the three autovacuum transactions");
+    c.close();
+    eventually(Duration::from_secs(5), || (open(&sim.dir) == 0).then_some(()));
+}

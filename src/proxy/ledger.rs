@@ -26,6 +26,13 @@ pub enum GxState {
     Open,
     /// A commit, rollback or prepare was sent; its outcome may be under way.
     InDoubt,
+    /// An autovacuum transaction (`MSG_TXN_BEGIN_GETGXID_AUTOVACUUM`). XL
+    /// backends never end these at the GTM: a direct link's close does, but
+    /// the GTM records them without a backend id, so
+    /// `MSG_BACKEND_DISCONNECT` does not. The proxy ends them itself when
+    /// their backend leaves; they are excluded from snapshots, so ending
+    /// them cannot change what any transaction sees.
+    Vacuum,
 }
 
 #[derive(Debug, Default)]
@@ -38,10 +45,16 @@ impl Ledger {
         self.by_gxid.insert(gxid, (route, GxState::Open));
     }
 
+    pub fn begun_vacuum(&mut self, route: Route, gxid: u32) {
+        self.by_gxid.insert(gxid, (route, GxState::Vacuum));
+    }
+
     /// A commit, rollback or prepare was sent for `gxid`.
     pub fn ending(&mut self, gxid: u32) {
         if let Some(e) = self.by_gxid.get_mut(&gxid) {
-            e.1 = GxState::InDoubt;
+            if e.1 == GxState::Open {
+                e.1 = GxState::InDoubt;
+            }
         }
     }
 

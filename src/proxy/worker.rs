@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
-use log::{debug, error, info, warn};
+use log::{debug, error, info, trace, warn};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -25,7 +25,7 @@ use super::ids::{ConnIds, Released};
 use super::ledger::{gxid_after, GxState, HighWater, Ledger};
 use super::upstream::{LinkError, LinkState, Upstream};
 use crate::codec::frame::{self, TAG_CLOSE, TAG_COMMAND, TAG_STARTUP};
-use crate::codec::{ClientFrame, ErrorFields, MsgType, Request, ServerFrame, StartupPacket};
+use crate::codec::{ClientFrame, ErrorFields, MsgType, Request, ResultType, ServerFrame, StartupPacket};
 use crate::config::Config;
 use crate::timers::{TimerId, Timers};
 
@@ -500,6 +500,7 @@ impl Worker {
     }
 
     fn enqueued(&mut self, key: usize, route: Route) {
+        trace!("worker {}: backend {key} (id {}) request queued", self.id, route.conn);
         self.ids.add_inflight(route.conn, route.gen);
         if let Some(b) = self.backends.get_mut(key) {
             b.busy = true;
@@ -579,13 +580,17 @@ impl Worker {
         debug!("worker {}: backend {key} (conn id {}) gone: {why}", self.id, b.conn);
         let left = self.ledger.forget_backend(b.conn, b.gen);
         let mut disc = b.peer.as_ref().map(Peer::disconnect_request);
+        for (gxid, _) in left.iter().filter(|(_, s)| *s == GxState::Vacuum) {
+            debug!("worker {}: ending autovacuum GXID {gxid} of departed backend {key}", self.id);
+            self.batch.rollbacks.push((INTERNAL, *gxid));
+        }
         if self.keys_unreliable {
             // After a promotion the GTM's (client id, backend id) keys may
             // name other links' transactions: end only what is provably idle
             // (open, nothing in flight, backend left cleanly) and leave the
             // rest, rather than risk ending a transaction being committed.
             disc = None;
-            for (gxid, state) in left {
+            for (gxid, state) in left.into_iter().filter(|(_, s)| *s != GxState::Vacuum) {
                 if state == GxState::Open && b.clean_close && !b.busy {
                     info!("worker {}: rolling back GXID {gxid} of departed backend {key}", self.id);
                     self.batch.rollbacks.push((INTERNAL, gxid));
@@ -724,6 +729,13 @@ impl Worker {
                         }
                     }
                     Answer::CommitOk | Answer::RollbackOk { .. } => self.ledger.ended(gxid),
+                    Answer::Result { result_type: ResultType::TXN_BEGIN_GETGXID_AUTOVACUUM_RESULT, payload }
+                        if payload.len() == 4 =>
+                    {
+                        let vac = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                        self.ledger.begun_vacuum(route, vac);
+                        self.high.observe(vac);
+                    }
                     Answer::ElementFailed { status: -1, .. }
                         if replay_floor != 0 && gxid != 0 && !gxid_after(gxid, replay_floor) =>
                     {
@@ -747,6 +759,7 @@ impl Worker {
                     }
                     _ => {}
                 }
+                trace!("worker {id}: answer for id {} (gxid {gxid}): {a:?}", route.conn);
                 if let Some(key) = self.ids.lookup(route.conn, route.gen) {
                     if let Some(b) = self.backends.get_mut(key) {
                         a.encode(&mut b.wbuf);
