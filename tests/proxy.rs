@@ -313,6 +313,10 @@ fn bad_requests_get_an_error_for_that_backend_only() {
         (cmd_bytes(MsgType::TXN_BEGIN_GETGXID.0, &[]), "insufficient data"),
         (cmd_bytes(MsgType::TXN_COMMIT_MULTI.0, &[0x7f, 0xff, 0xff, 0xff]), "insufficient data"),
         (vec![b'F', 0, 0, 0, 8, 0, 0, 0, 63], "invalid frontend message type 70"),
+        // Requests that would crash or corrupt the real GTM.
+        (cmd_bytes(MsgType::TXN_BEGIN_GETGXID_MULTI.0, &[0, 0, 0, 0]), "between 1 and 16384"),
+        (cmd_bytes(MsgType::SNAPSHOT_GET_MULTI.0, &[0, 0, 0, 0]), "between 1 and 16384"),
+        (cmd_bytes(MsgType::SNAPSHOT_GET.0, &[0, 0, 0, 2, 1, 0, 0, 0]), "count must be 1"),
     ];
     for (wire, needle) in cases {
         bad.send_raw(&wire);

@@ -448,6 +448,10 @@ impl Worker {
             }
             _ => {}
         }
+        if let Some(why) = endangers_gtm(&req) {
+            self.reject(key, &format!("{} refused by gtm_proxy: {why}", cmd.msg_type));
+            return;
+        }
         let grouped = match req {
             Request::TxnBeginGetGxid(bg) => {
                 self.batch.begins.push((route, bg));
@@ -945,6 +949,24 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// Requests the real GTM answers by crashing or corrupting memory (see the
+/// simulator's notes); no XL backend sends them, so refusing them costs
+/// nothing and keeps one bad client from taking the cluster's GTM down.
+fn endangers_gtm(req: &Request) -> Option<&'static str> {
+    use Request::*;
+    const MAX: usize = crate::codec::types::MAX_GLOBAL_TRANSACTIONS;
+    match req {
+        TxnCommitMulti(v) | TxnRollbackMulti(v) | SnapshotGetMulti(v) if v.is_empty() || v.len() > MAX => {
+            Some("the element count must be between 1 and 16384")
+        }
+        TxnBeginGetGxidMulti(v) if v.is_empty() || v.len() > MAX => {
+            Some("the element count must be between 1 and 16384")
+        }
+        SnapshotGet { count, .. } | SnapshotGxidGet { count, .. } if *count != 1 => Some("the count must be 1"),
+        _ => None,
     }
 }
 
