@@ -249,3 +249,45 @@ fn err_wait_exhaustion_then_recovery() {
     });
     assert!(g >= 50000);
 }
+
+/// A new GTM whose GXIDs are not above those already handed out is refused:
+/// backends get a clear E instead of a GXID that may be in use, and the
+/// proxy says so at ERROR level.
+#[test]
+fn gtm_behind_the_proxy_is_refused() {
+    let sim1 = Daemon::sim(&["-x", "30000"]);
+    let sim2 = Daemon::sim(&["-x", "10000"]);
+    let proxy = Daemon::proxy(sim1.addr, FAST_RETRY, 1);
+    let mut c = Client::backend(proxy.addr, "cn1");
+    let g = c.begin();
+    assert!(g >= 30000);
+    std::fs::write(proxy.dir.join("newgtm"), format!("-s 127.0.0.1 -t {}\n", sim2.addr.port())).unwrap();
+    proxy.signal(libc::SIGUSR1);
+    eventually(Duration::from_secs(10), || {
+        proxy.log().contains(&format!("moving to GTM 127.0.0.1:{}", sim2.addr.port())).then_some(())
+    });
+    for _ in 0..3 {
+        match c.call_frame(&begin_req(b"\0")) {
+            gtmproxy::codec::ServerFrame::Error { fields, .. } => {
+                assert_eq!(fields.message(), "GTM handed out a GXID that was already in use")
+            }
+            other => panic!("a stale GXID reached the backend: {other:?}"),
+        }
+    }
+    assert!(proxy.log().contains("refusing it to avoid duplicate transaction ids"));
+    // The refused GXIDs were rolled back on the new GTM: nothing stays open there.
+    let mut direct = Client::connect(sim2.addr);
+    direct.startup("chk", gtmproxy::codec::types::node_type::DEFAULT, false, 0);
+    // Complete a later transaction so that every earlier GXID falls below
+    // xmax and shows in xip if it is still open.
+    std::thread::sleep(Duration::from_millis(300));
+    let later = direct.begin();
+    assert!(matches!(
+        direct.call(&Request::TxnCommitMulti(vec![later])),
+        gtmproxy::codec::Response::TxnCommitMulti { .. }
+    ));
+    eventually(Duration::from_secs(5), || match direct.call(&Request::SnapshotGetMulti(vec![0])) {
+        gtmproxy::codec::Response::SnapshotGetMulti { snapshot, .. } => snapshot.xip.is_empty().then_some(()),
+        _ => None,
+    });
+}
