@@ -291,3 +291,38 @@ fn gtm_behind_the_proxy_is_refused() {
         _ => None,
     });
 }
+
+/// Held requests are bounded in time (hold_timeout) and in number
+/// (hold_max_requests); past either bound the backend gets a clear E.
+#[test]
+fn held_requests_are_bounded() {
+    let mut sim = Daemon::sim(&[]);
+    let conf =
+        "gtm_connect_retry_interval = 200ms\nhold_timeout = 1s\nhold_max_requests = 2\nlog_min_messages = INFO\n";
+    let proxy = Daemon::proxy(sim.addr, conf, 1);
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::backend(proxy.addr, "cn1")).collect();
+    sim.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    clients[0].send(&harness::begin_req(b"\0"));
+    clients[1].send(&harness::begin_req(b"\0"));
+    std::thread::sleep(Duration::from_millis(100));
+    // Third one: over hold_max_requests, refused at once.
+    match clients[2].call_frame(&harness::begin_req(b"\0")) {
+        gtmproxy::codec::ServerFrame::Error { fields, .. } => {
+            assert!(fields.message().contains("hold_max_requests"), "{}", fields.message())
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_millis(900));
+    for c in clients.iter_mut().take(2) {
+        match c.recv() {
+            gtmproxy::codec::ServerFrame::Error { fields, .. } => {
+                assert!(fields.message().contains("hold_timeout"), "{}", fields.message())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(5), "{waited:?}");
+}
