@@ -509,3 +509,26 @@ fn autovacuum_transactions_do_not_leak() {
     c.close();
     eventually(Duration::from_secs(5), || (open(&sim.dir) == 0).then_some(()));
 }
+
+/// SIGHUP re-reads gtm_proxy.conf: a new log level takes effect, a broken
+/// file is reported and the running configuration kept.
+#[test]
+fn sighup_reloads_the_configuration() {
+    let sim = Daemon::sim(&[]);
+    let proxy = Daemon::proxy(sim.addr, "log_min_messages = WARNING\n", 1);
+    let mut c = Client::backend(proxy.addr, "cn1");
+    assert!(!proxy.log().contains("configuration reloaded"));
+    std::fs::write(
+        proxy.dir.join("gtm_proxy.conf"),
+        "log_min_messages = INFO\nhold_timeout = 5s\nlog_file = other.log\n",
+    )
+    .unwrap();
+    proxy.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(5), || proxy.log().contains("worker 0: configuration reloaded").then_some(()));
+    assert!(proxy.log().contains("\"log_file\" cannot be changed without restarting"));
+    std::fs::write(proxy.dir.join("gtm_proxy.conf"), "no_such_key = 1\n").unwrap();
+    proxy.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(5), || proxy.log().contains("configuration not reloaded").then_some(()));
+    let g = c.begin();
+    assert_eq!(c.call(&Request::TxnCommitMulti(vec![g])), Response::TxnCommitMulti { statuses: vec![0] });
+}

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         eprintln!("gtm_proxy: cannot open log file: {e}");
         return ExitCode::from(1);
     }
-    match gtmproxy::proxy::run(cfg, &argv) {
+    match gtmproxy::proxy::run(cfg, &args.overrides(), &argv) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("FATAL: {e}");
@@ -66,10 +66,14 @@ fn main() -> ExitCode {
 /// Log to `log_file` (relative to the data directory), or to stderr when it
 /// is `-` or `stderr`. `RUST_LOG` may override `log_min_messages`.
 fn init_logging(cfg: &Config) -> std::io::Result<()> {
+    // The logger passes everything and `log`'s global maximum does the
+    // filtering, so that SIGHUP can change log_min_messages. RUST_LOG, when
+    // set, filters per module and wins.
     let mut b = env_logger::Builder::new();
-    b.filter_level(cfg.log_min_messages.to_level_filter());
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        b.parse_filters(&spec);
+    b.filter_level(log::LevelFilter::Trace);
+    let rust_log = std::env::var("RUST_LOG").ok();
+    if let Some(spec) = &rust_log {
+        b.parse_filters(spec);
     }
     b.format(|f, r| {
         writeln!(
@@ -87,6 +91,9 @@ fn init_logging(cfg: &Config) -> std::io::Result<()> {
         b.target(env_logger::Target::Pipe(Box::new(file)));
     }
     b.init();
+    if rust_log.is_none() {
+        log::set_max_level(cfg.log_min_messages.to_level_filter());
+    }
     Ok(())
 }
 

@@ -29,7 +29,7 @@ use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::config::Config;
+use crate::config::{CliOverrides, Config};
 use crate::control::{self, PidFile};
 use registration::{Identity, RegLink};
 use worker::{Control, StopMode, Worker, WorkerStats};
@@ -66,9 +66,10 @@ impl WorkerHandle {
     }
 }
 
-/// Run the proxy until a stop signal. `argv` is written to
+/// Run the proxy until a stop signal. `cli` are the command-line values
+/// (they keep winning over the file on reload); `argv` is written to
 /// `gtm_proxy.opts` as XL does.
-pub fn run(cfg: Config, argv: &[String]) -> Result<(), ProxyError> {
+pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), ProxyError> {
     let data_dir = cfg.data_dir.clone();
     let pid = PidFile::create(&data_dir)?;
     if let Err(e) = control::write_opts(&data_dir, argv) {
@@ -98,7 +99,7 @@ pub fn run(cfg: Config, argv: &[String]) -> Result<(), ProxyError> {
     let mut gtm = (cfg.gtm_host.clone(), cfg.gtm_port);
     let mut reg = Some(RegLink::register(&gtm.0, gtm.1, &me)?);
 
-    let cfg = Arc::new(cfg);
+    let mut cfg = Arc::new(cfg);
     let high = Arc::new(ledger::HighWater::default());
     let mut workers = Vec::with_capacity(cfg.worker_threads);
     for i in 0..cfg.worker_threads {
@@ -137,7 +138,12 @@ pub fn run(cfg: Config, argv: &[String]) -> Result<(), ProxyError> {
                         signal_hook::consts::SIGINT => stop = Some(StopMode::Fast),
                         signal_hook::consts::SIGQUIT => stop = Some(StopMode::Immediate),
                         signal_hook::consts::SIGHUP => {
-                            warn!("SIGHUP received: configuration reload is not implemented yet; ignored")
+                            if let Some(new) = reload(&cfg, cli, &data_dir) {
+                                cfg = Arc::new(new);
+                                for w in &workers {
+                                    w.send(Control::Reload(cfg.clone()));
+                                }
+                            }
                         }
                         signal_hook::consts::SIGUSR1 => {
                             if let Some(to) = reconnect_order(&data_dir, &gtm) {
@@ -234,6 +240,45 @@ pub fn run(cfg: Config, argv: &[String]) -> Result<(), ProxyError> {
     drop(pid);
     info!("gtm_proxy stopped ({mode:?})");
     Ok(())
+}
+
+/// SIGHUP: read gtm_proxy.conf again (command-line values still win).
+/// Settings that only take effect at start-up are reported and kept; a file
+/// with an error is reported and the running configuration kept.
+fn reload(cur: &Config, cli: &CliOverrides, data_dir: &Path) -> Option<Config> {
+    let mut new = match Config::load(data_dir, cli) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("configuration not reloaded: {e}");
+            return None;
+        }
+    };
+    let fixed = [
+        ("nodename", new.nodename != cur.nodename),
+        ("listen_addresses", new.listen_addresses != cur.listen_addresses),
+        ("port", new.port != cur.port),
+        ("gtm_host", new.gtm_host != cur.gtm_host),
+        ("gtm_port", new.gtm_port != cur.gtm_port),
+        ("worker_threads", new.worker_threads != cur.worker_threads),
+        ("log_file", new.log_file != cur.log_file),
+    ];
+    for (key, changed) in fixed {
+        if changed {
+            warn!("parameter \"{key}\" cannot be changed without restarting gtm_proxy; kept");
+        }
+    }
+    new.nodename = cur.nodename.clone();
+    new.listen_addresses = cur.listen_addresses.clone();
+    new.port = cur.port;
+    new.gtm_host = cur.gtm_host.clone();
+    new.gtm_port = cur.gtm_port;
+    new.worker_threads = cur.worker_threads;
+    new.log_file = cur.log_file.clone();
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(new.log_min_messages.to_level_filter());
+    }
+    info!("configuration reloaded");
+    Some(new)
 }
 
 /// Read `newgtm`; a bad or missing file is logged and ignored.

@@ -49,6 +49,8 @@ pub enum Control {
         port: u16,
     },
     Shutdown(StopMode),
+    /// SIGHUP: settings that can change while running.
+    Reload(Arc<Config>),
 }
 
 /// Stop modes, as `gtm_ctl stop -m smart|fast|immediate` (SIGTERM, SIGINT,
@@ -241,6 +243,11 @@ impl Worker {
                     self.up.host = host;
                     self.up.port = port;
                     self.link_failed(LinkError::Refused("reconnect ordered".into()), true);
+                }
+                Control::Reload(cfg) => {
+                    self.failover.policy = Policy::from_config(&cfg);
+                    self.cfg = cfg;
+                    info!("worker {}: configuration reloaded", self.id);
                 }
                 Control::Shutdown(mode) => {
                     info!("worker {}: {mode:?} shutdown", self.id);
