@@ -275,21 +275,9 @@ fn gtm_behind_the_proxy_is_refused() {
         }
     }
     assert!(proxy.log().contains("refusing it to avoid duplicate transaction ids"));
-    // The refused GXIDs were rolled back on the new GTM: nothing stays open there.
-    let mut direct = Client::connect(sim2.addr);
-    direct.startup("chk", gtmproxy::codec::types::node_type::DEFAULT, false, 0);
-    // Complete a later transaction so that every earlier GXID falls below
-    // xmax and shows in xip if it is still open.
-    std::thread::sleep(Duration::from_millis(300));
-    let later = direct.begin();
-    assert!(matches!(
-        direct.call(&Request::TxnCommitMulti(vec![later])),
-        gtmproxy::codec::Response::TxnCommitMulti { .. }
-    ));
-    eventually(Duration::from_secs(5), || match direct.call(&Request::SnapshotGetMulti(vec![0])) {
-        gtmproxy::codec::Response::SnapshotGetMulti { snapshot, .. } => snapshot.xip.is_empty().then_some(()),
-        _ => None,
-    });
+    // They are not ended by number (the GTM may hold an older transaction
+    // with the same GXID); the log names them for the DBA.
+    assert!(proxy.log().contains("GXIDs refused and left open"), "{}", proxy.log());
 }
 
 /// Held requests are bounded in time (hold_timeout) and in number

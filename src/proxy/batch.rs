@@ -41,6 +41,9 @@ pub struct Forward {
     pub route: Route,
     pub msg_type: MsgType,
     pub payload: Bytes,
+    /// The GXIDs a forwarded commit / commit-prepared ends (0 = none), so
+    /// the answer can close them in the worker's ledger.
+    pub ends: [u32; 2],
 }
 
 /// One upstream frame that owes an answer. It keeps everything needed to send
@@ -365,7 +368,7 @@ pub fn split_answer(
     };
     match pending {
         Pending::Forward(f) => {
-            deliver(f.route, 0, &Answer::Result { result_type: r.result_type, payload: &r.payload });
+            deliver(f.route, f.ends[0], &Answer::Result { result_type: r.result_type, payload: &r.payload });
         }
         Pending::Begin(v) => {
             let Response::TxnBeginGetGxidMulti { gxids, timestamp } = expect(r, "begin", v.len())? else {
@@ -480,6 +483,7 @@ mod tests {
             route: r(5),
             msg_type: MsgType::BARRIER,
             payload: Bytes::from_static(b"\0\0\0\x01x"),
+            ends: [0; 2],
         });
         b.commits.push((r(1), 8));
         b.begins.push((r(4), begin(b"\0")));
@@ -605,7 +609,12 @@ mod tests {
         .unwrap();
         assert_eq!(n, 2);
 
-        let p = Pending::Forward(Forward { route: r(7), msg_type: MsgType::REGISTER_SESSION, payload: Bytes::new() });
+        let p = Pending::Forward(Forward {
+            route: r(7),
+            msg_type: MsgType::REGISTER_SESSION,
+            payload: Bytes::new(),
+            ends: [0; 2],
+        });
         let f = answer(Response::RegisterSession, 7);
         let mut out = BytesMut::new();
         split_answer(&p, &f, |_, _, a| a.encode(&mut out)).unwrap();
@@ -614,7 +623,12 @@ mod tests {
 
     #[test]
     fn out_of_step_answers_are_refused() {
-        let p = Pending::Forward(Forward { route: r(7), msg_type: MsgType::REGISTER_SESSION, payload: Bytes::new() });
+        let p = Pending::Forward(Forward {
+            route: r(7),
+            msg_type: MsgType::REGISTER_SESSION,
+            payload: Bytes::new(),
+            ends: [0; 2],
+        });
         let f = answer(Response::RegisterSession, 6);
         assert!(matches!(split_answer(&p, &f, |_, _, _| {}), Err(SyncError::Header { .. })));
         let p = Pending::Commit(vec![(r(0), 1), (r(1), 2)]);
@@ -630,8 +644,13 @@ mod tests {
         b.commits.push((r(5), 50));
         b.requeue(Pending::Commit(vec![(r(1), 10), (r(2), 20)]));
         assert_eq!(b.commits, vec![(r(1), 10), (r(2), 20), (r(5), 50)]);
-        b.forwards.push_back(Forward { route: r(9), msg_type: MsgType::BARRIER, payload: Bytes::new() });
-        b.requeue(Pending::Forward(Forward { route: r(8), msg_type: MsgType::BARRIER, payload: Bytes::new() }));
+        b.forwards.push_back(Forward { route: r(9), msg_type: MsgType::BARRIER, payload: Bytes::new(), ends: [0; 2] });
+        b.requeue(Pending::Forward(Forward {
+            route: r(8),
+            msg_type: MsgType::BARRIER,
+            payload: Bytes::new(),
+            ends: [0; 2],
+        }));
         assert_eq!(b.forwards[0].route, r(8));
     }
 }

@@ -488,7 +488,12 @@ impl Worker {
                 self.reject(key, "internal error: grouped request not queued");
             }
             Class::Forward => {
-                self.batch.forwards.push_back(Forward { route, msg_type: cmd.msg_type, payload: cmd.payload });
+                let ends = match &req {
+                    Request::TxnCommit { gxid, .. } => [*gxid, 0],
+                    Request::TxnCommitPrepared { gxid, prepared_gxid, .. } => [*gxid, *prepared_gxid],
+                    _ => [0; 2],
+                };
+                self.batch.forwards.push_back(Forward { route, msg_type: cmd.msg_type, payload: cmd.payload, ends });
                 self.enqueued(key, route);
             }
             Class::RewriteBeginMulti => {
@@ -498,7 +503,12 @@ impl Worker {
                 }
                 let mut payload = BytesMut::new();
                 Request::TxnBeginGetGxidMulti(elems).encode_payload(&mut payload);
-                self.batch.forwards.push_back(Forward { route, msg_type: cmd.msg_type, payload: payload.freeze() });
+                self.batch.forwards.push_back(Forward {
+                    route,
+                    msg_type: cmd.msg_type,
+                    payload: payload.freeze(),
+                    ends: [0; 2],
+                });
                 self.enqueued(key, route);
             }
             Class::Refuse(why) => {
@@ -606,7 +616,7 @@ impl Worker {
                     info!("worker {}: rolling back GXID {gxid} of departed backend {key}", self.id);
                     self.batch.rollbacks.push((INTERNAL, gxid));
                 } else {
-                    info!("worker {}: leaving GXID {gxid} of departed backend {key} to the GTM", self.id);
+                    debug!("worker {}: leaving GXID {gxid} of departed backend {key} to the GTM", self.id);
                 }
             }
         }
@@ -740,6 +750,15 @@ impl Worker {
                         }
                     }
                     Answer::CommitOk | Answer::RollbackOk { .. } => self.ledger.ended(gxid),
+                    Answer::Result {
+                        result_type: ResultType::TXN_COMMIT_RESULT | ResultType::TXN_COMMIT_PREPARED_RESULT,
+                        payload,
+                    } if payload.len() == 8 && payload[4..8] == [0, 0, 0, 0] => {
+                        if let Pending::Forward(f) = &pending {
+                            self.ledger.ended(f.ends[0]);
+                            self.ledger.ended(f.ends[1]);
+                        }
+                    }
                     Answer::Result { result_type: ResultType::TXN_BEGIN_GETGXID_AUTOVACUUM_RESULT, payload }
                         if payload.len() == 4 =>
                     {
@@ -785,8 +804,12 @@ impl Worker {
                     }
                 }
             });
-            for g in refused {
-                self.batch.rollbacks.push((INTERNAL, g));
+            if !refused.is_empty() {
+                // Not rolled back: a GTM whose counter is behind may hold an
+                // older transaction with the same GXID, and ending that one
+                // could make a commit in progress look finished. Left for the
+                // DBA, who has to repair the GTM anyway.
+                error!("worker {}: GXIDs refused and left open on GTM {}: {refused:?}", self.id, self.up.addr_string());
             }
             if let Err(e) = res {
                 // Put the entry back: the owner decides what to do with it.
