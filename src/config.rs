@@ -246,7 +246,7 @@ pub struct Config {
     pub max_backends: usize,
     /// Extension: cap of one backend's unsent output, in bytes (default 1 MiB).
     pub backend_output_limit: usize,
-    /// Extension: metrics listen port (default 0 = off; reserved).
+    /// Extension: Prometheus metrics port, `GET /metrics` on the first listen address (default 0 = off).
     pub metrics_port: u16,
 }
 

@@ -532,3 +532,31 @@ fn sighup_reloads_the_configuration() {
     let g = c.begin();
     assert_eq!(c.call(&Request::TxnCommitMulti(vec![g])), Response::TxnCommitMulti { statuses: vec![0] });
 }
+
+/// The Prometheus endpoint on metrics_port reports the workers' counters.
+#[test]
+fn metrics_endpoint() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sim = Daemon::sim(&[]);
+    let proxy = Daemon::proxy(sim.addr, &format!("metrics_port = {port}\n"), 1);
+    let mut c = Client::backend(proxy.addr, "cn1");
+    let g = c.begin();
+    c.call(&Request::TxnCommitMulti(vec![g]));
+    let scrape = |path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+        std::io::Write::write_all(&mut s, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        out
+    };
+    let body = eventually(Duration::from_secs(5), || {
+        let b = scrape("/metrics");
+        b.contains("gtm_proxy_requests_total{worker=\"0\"} 2").then_some(b)
+    });
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("gtm_proxy_backends{worker=\"0\"} 1"), "{body}");
+    assert!(body.contains("gtm_proxy_gtm_link_up{worker=\"0\"} 1"), "{body}");
+    assert!(body.contains("gtm_proxy_ledger_gxids{worker=\"0\"} 0"), "{body}");
+    assert!(body.contains("# TYPE gtm_proxy_errors_sent_total counter"), "{body}");
+    assert!(scrape("/other").starts_with("HTTP/1.1 404"));
+}

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod failover;
 pub mod ids;
 pub mod ledger;
+pub mod metrics;
 pub mod net;
 pub mod registration;
 pub mod upstream;
@@ -114,6 +115,15 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
         workers.push(WorkerHandle { tx, waker, stats, thread: Some(thread) });
     }
 
+    if cfg.metrics_port != 0 {
+        let host = cfg.listen_addresses.split(',').next().map(str::trim).unwrap_or("127.0.0.1");
+        let host = if host == "*" { "0.0.0.0" } else { host };
+        let addr = (host, cfg.metrics_port).to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
+            ProxyError::Listen(format!("{host}:{}", cfg.metrics_port), io::Error::other("no address"))
+        })?;
+        metrics::spawn(addr, workers.iter().map(|w| w.stats.clone()).collect())
+            .map_err(|e| ProxyError::Listen(addr.to_string(), e))?;
+    }
     let main_waker = Arc::new(Waker::new(poll.registry(), MAIN_WAKER).map_err(|e| ProxyError::Io("waker", e))?);
     let signals = spawn_signal_thread(main_waker)?;
     write_port_file(&data_dir, bound);
@@ -261,6 +271,7 @@ fn reload(cur: &Config, cli: &CliOverrides, data_dir: &Path) -> Option<Config> {
         ("gtm_port", new.gtm_port != cur.gtm_port),
         ("worker_threads", new.worker_threads != cur.worker_threads),
         ("log_file", new.log_file != cur.log_file),
+        ("metrics_port", new.metrics_port != cur.metrics_port),
     ];
     for (key, changed) in fixed {
         if changed {
@@ -274,6 +285,7 @@ fn reload(cur: &Config, cli: &CliOverrides, data_dir: &Path) -> Option<Config> {
     new.gtm_port = cur.gtm_port;
     new.worker_threads = cur.worker_threads;
     new.log_file = cur.log_file.clone();
+    new.metrics_port = cur.metrics_port;
     if std::env::var_os("RUST_LOG").is_none() {
         log::set_max_level(new.log_min_messages.to_level_filter());
     }

@@ -73,6 +73,14 @@ pub struct WorkerStats {
     pub upstream_frames: AtomicU64,
     pub errors_sent: AtomicU64,
     pub link_failures: AtomicU64,
+    /// 1 while the GTM link is ready.
+    pub link_up: AtomicUsize,
+    /// Requests waiting to be sent (held while the link is down).
+    pub queued: AtomicUsize,
+    /// Answers owed by the GTM.
+    pub in_flight: AtomicUsize,
+    /// GXIDs in the ledger.
+    pub ledger_gxids: AtomicUsize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,12 +199,22 @@ impl Worker {
             self.process_backends();
             self.flush_batch();
             self.write_backends();
+            self.publish_gauges();
             if self.finished() {
                 break;
             }
         }
         self.shutdown_link();
         info!("worker {} stopped", self.id);
+    }
+
+    /// Gauges for the metrics endpoint; plain stores, once per round.
+    fn publish_gauges(&self) {
+        let s = &self.stats;
+        s.link_up.store(self.up.is_ready() as usize, Ordering::Relaxed);
+        s.queued.store(self.batch.len(), Ordering::Relaxed);
+        s.in_flight.store(self.up.fifo.len(), Ordering::Relaxed);
+        s.ledger_gxids.store(self.ledger.len(), Ordering::Relaxed);
     }
 
     fn finished(&mut self) -> bool {
