@@ -216,6 +216,25 @@ struct Slot {
     timer_gen: u64,
 }
 
+impl Slot {
+    /// The slot's connect attempt has resolved (answered or given up): it no
+    /// longer counts against the wave bound, and its first attempt no longer
+    /// holds back the end of the ramp.
+    fn settle_connect(&mut self, in_flight: &mut usize, ramp_left: &mut usize, shared: &Shared) {
+        if self.in_wave {
+            self.in_wave = false;
+            *in_flight -= 1;
+        }
+        if self.initial {
+            self.initial = false;
+            *ramp_left -= 1;
+            if *ramp_left == 0 {
+                shared.ramp_done();
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Conn {
     sock: TcpStream,
@@ -456,17 +475,7 @@ impl Worker {
             if let Outcome::Ready { .. } = outcome {
                 slot.phase = Phase::Active;
                 self.stats.conns.established += 1;
-                if slot.in_wave {
-                    slot.in_wave = false;
-                    self.in_flight -= 1;
-                }
-                if slot.initial {
-                    slot.initial = false;
-                    self.ramp_left -= 1;
-                    if self.ramp_left == 0 {
-                        self.shared.ramp_done();
-                    }
-                }
+                slot.settle_connect(&mut self.in_flight, &mut self.ramp_left, &self.shared);
             }
             if let Outcome::Began { gxid, .. } = outcome {
                 if !self.stats.gxids.began(gxid) && self.warned < WARN_ERRORS {
@@ -610,17 +619,7 @@ impl Worker {
             self.stats.gxids.ended(g);
         }
         slot.backend.reset();
-        if slot.in_wave {
-            slot.in_wave = false;
-            self.in_flight -= 1;
-        }
-        if slot.initial {
-            slot.initial = false;
-            self.ramp_left -= 1;
-            if self.ramp_left == 0 {
-                self.shared.ramp_done();
-            }
-        }
+        slot.settle_connect(&mut self.in_flight, &mut self.ramp_left, &self.shared);
         if let Some(key) = slot.conn.take() {
             if let Some(mut conn) = self.conns.try_remove(key) {
                 if graceful && conn.wbuf.is_empty() {

@@ -545,17 +545,23 @@ mod tests {
         assert_eq!(fifo.iter().map(Pending::len).collect::<Vec<_>>(), vec![16384, 20000 - 16384]);
     }
 
-    #[test]
-    fn split_begin_by_position_and_snapshot_status_rewrite() {
-        let p = Pending::Begin(vec![(r(0), begin(b"\0")), (r(1), begin(b"\0")), (r(2), begin(b"\0"))]);
-        let f = answer(Response::TxnBeginGetGxidMulti { gxids: vec![10003, 10004, 10005], timestamp: 77 }, -1);
+    /// Each backend's answer to `f`, as the bytes it would receive.
+    fn encoded_answers(p: &Pending, f: &ServerFrame) -> Vec<(Route, Vec<u8>)> {
         let mut got = Vec::new();
-        split_answer(&p, &f, |route, _, a| {
+        split_answer(p, f, |route, _, a| {
             let mut b = BytesMut::new();
             a.encode(&mut b);
             got.push((route, b.to_vec()));
         })
         .unwrap();
+        got
+    }
+
+    #[test]
+    fn split_begin_by_position_and_snapshot_status_rewrite() {
+        let p = Pending::Begin(vec![(r(0), begin(b"\0")), (r(1), begin(b"\0")), (r(2), begin(b"\0"))]);
+        let f = answer(Response::TxnBeginGetGxidMulti { gxids: vec![10003, 10004, 10005], timestamp: 77 }, -1);
+        let got = encoded_answers(&p, &f);
         assert_eq!(got.len(), 3);
         assert_eq!(got[2].0, r(2));
         let mut want = BytesMut::new();
@@ -565,13 +571,7 @@ mod tests {
         let snap = Snapshot { xmin: 5, xmax: 9, xip: vec![5, 6] };
         let p = Pending::Snapshot(vec![(r(0), 0), (r(1), 6)]);
         let f = answer(Response::SnapshotGetMulti { statuses: vec![3, 0], snapshot: snap.clone() }, -1);
-        let mut got = Vec::new();
-        split_answer(&p, &f, |route, _, a| {
-            let mut b = BytesMut::new();
-            a.encode(&mut b);
-            got.push((route, b.to_vec()));
-        })
-        .unwrap();
+        let got = encoded_answers(&p, &f);
         let mut want = BytesMut::new();
         encode_result(&mut want, None, &Response::SnapshotGetMulti { statuses: vec![0], snapshot: snap });
         assert_eq!(got, vec![(r(0), want.to_vec()), (r(1), want.to_vec())]);
