@@ -195,7 +195,7 @@ fn bad_newgtm_is_ignored() {
 /// (never a snapshot showing it finished); nobody waits out a timeout.
 #[test]
 fn gtm_that_stops_answering() {
-    let sim = Daemon::sim(&[]);
+    let sim = Daemon::sim(&["--persist"]);
     let conf = "gtm_connect_retry_interval = 200ms\nupstream_timeout = 1s\nlog_min_messages = INFO\n";
     let proxy = Daemon::proxy(sim.addr, conf, 2);
     let b = bench(proxy.addr, 7);
@@ -208,6 +208,7 @@ fn gtm_that_stops_answering() {
     assert_eq!(num(&v, &["errors", "by_op", "begin"]), 0, "{v}");
     let log = proxy.log();
     assert!(log.contains("silent"), "{log}");
+    wait_no_open_txns(&sim.dir);
 }
 
 /// Retry and error-wait stages run out: held requests get a clear E, new
