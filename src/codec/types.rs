@@ -283,6 +283,45 @@ pub mod status {
 
 /// Read-committed isolation, the only level XL backends send.
 pub const ISOLATION_RC: i32 = 1;
+/// `FirstNormalGlobalTransactionId`: GXIDs below it are special.
+pub const FIRST_NORMAL_GXID: u32 = 3;
+
+/// `GlobalTransactionIdIsNormal`.
+#[inline]
+pub fn gxid_is_normal(x: u32) -> bool {
+    x >= FIRST_NORMAL_GXID
+}
+
+/// `GlobalTransactionIdPrecedes`: modulo-2^32 comparison between normal ids,
+/// plain comparison when either is special.
+#[inline]
+pub fn gxid_precedes(a: u32, b: u32) -> bool {
+    if !gxid_is_normal(a) || !gxid_is_normal(b) {
+        return a < b;
+    }
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// `GlobalTransactionIdFollowsOrEquals`.
+#[inline]
+pub fn gxid_follows_or_equals(a: u32, b: u32) -> bool {
+    if !gxid_is_normal(a) || !gxid_is_normal(b) {
+        return a >= b;
+    }
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+/// `GlobalTransactionIdAdvance`: next id, skipping the special ones on wrap.
+#[inline]
+pub fn gxid_advance(x: u32) -> u32 {
+    let n = x.wrapping_add(1);
+    if n < FIRST_NORMAL_GXID {
+        FIRST_NORMAL_GXID
+    } else {
+        n
+    }
+}
+
 /// The GTM's fixed array size; no MULTI may carry more elements.
 pub const MAX_GLOBAL_TRANSACTIONS: usize = 16384;
 /// Characters of a global session id the GTM keeps (longer ids never match).

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::batch::Route;
 
-/// `a` comes after `b` in the circular GXID space (as `TransactionIdFollows`).
+/// `a` comes after `b` in GXID order (`GlobalTransactionIdFollows`).
 pub fn gxid_after(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
+    crate::codec::types::gxid_precedes(b, a)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

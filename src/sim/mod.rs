@@ -89,11 +89,10 @@ mod tests_state;
 pub use state::{Gtm, GtmConfig};
 
 /// `GTM_MAX_GLOBAL_TRANSACTIONS`: open transactions and MULTI elements.
-pub const MAX_TXNS: usize = 16384;
+pub const MAX_TXNS: usize = crate::codec::types::MAX_GLOBAL_TRANSACTIONS;
 /// `InvalidGlobalTransactionId`.
 pub const INVALID_GXID: u32 = 0;
-/// `FirstNormalGlobalTransactionId`.
-pub const FIRST_NORMAL_GXID: u32 = 3;
+pub use crate::codec::types::{gxid_advance, gxid_follows_or_equals, gxid_is_normal, gxid_precedes, FIRST_NORMAL_GXID};
 /// Default first GXID of a fresh GTM (`-x`).
 pub const DEFAULT_FIRST_GXID: u32 = 10000;
 /// `NI_MAXHOST`: size of the GTM's node-name buffers; names must be shorter.
@@ -164,42 +163,6 @@ impl Outcome {
     }
     pub(crate) fn error(msg: impl Into<String>) -> Self {
         Outcome::Error(msg.into())
-    }
-}
-
-/// `GlobalTransactionIdIsNormal`.
-#[inline]
-pub fn gxid_is_normal(x: u32) -> bool {
-    x >= FIRST_NORMAL_GXID
-}
-
-/// `GlobalTransactionIdPrecedes`: modulo-2^32 comparison between normal ids,
-/// plain comparison when either is special.
-#[inline]
-pub fn gxid_precedes(a: u32, b: u32) -> bool {
-    if !gxid_is_normal(a) || !gxid_is_normal(b) {
-        return a < b;
-    }
-    (a.wrapping_sub(b) as i32) < 0
-}
-
-/// `GlobalTransactionIdFollowsOrEquals`.
-#[inline]
-pub fn gxid_follows_or_equals(a: u32, b: u32) -> bool {
-    if !gxid_is_normal(a) || !gxid_is_normal(b) {
-        return a >= b;
-    }
-    (a.wrapping_sub(b) as i32) >= 0
-}
-
-/// `GlobalTransactionIdAdvance`: next id, skipping the special ones on wrap.
-#[inline]
-pub fn gxid_advance(x: u32) -> u32 {
-    let n = x.wrapping_add(1);
-    if n < FIRST_NORMAL_GXID {
-        FIRST_NORMAL_GXID
-    } else {
-        n
     }
 }
 
