@@ -304,7 +304,8 @@ fn reconnect_order(data_dir: &Path, current: &(String, u16)) -> Option<(String, 
     }
 }
 
-fn refuse(mut sock: mio::net::TcpStream, msg: &str) {
+/// Turn a connection away with a FATAL `E` (best effort) and close it.
+pub(crate) fn refuse(mut sock: mio::net::TcpStream, msg: &str) {
     let mut b = bytes::BytesMut::new();
     crate::codec::encode_error(&mut b, None, &crate::codec::ErrorFields::new("FATAL", msg));
     let _ = io::Write::write(&mut sock, &b);

@@ -288,13 +288,7 @@ impl Worker {
         let key = entry.key();
         let Some((conn, gen)) = self.ids.alloc(key) else {
             warn!("worker {}: no backend identifier left on this GTM link; refusing connection", self.id);
-            let mut b = BytesMut::new();
-            crate::codec::encode_error(
-                &mut b,
-                None,
-                &crate::codec::ErrorFields::new("FATAL", "too many connections to this gtm_proxy worker"),
-            );
-            let _ = std::io::Write::write(&mut sock, &b);
+            super::refuse(sock, "too many connections to this gtm_proxy worker");
             return;
         };
         if let Err(e) = self.poll.registry().register(&mut sock, Token(key + FIRST_BACKEND), Interest::READABLE) {
@@ -423,9 +417,7 @@ impl Worker {
                 return;
             }
             other => {
-                warn!("worker {id}: backend {key}: unexpected frame type '{}'", other as char);
-                self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
-                b.send_error("ERROR", &format!("invalid frontend message type {}", other));
+                self.reject(key, &format!("invalid frontend message type {other}"));
                 return;
             }
         }
