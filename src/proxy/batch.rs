@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::admission::Grouped;
 use crate::codec::frame::{self, TAG_RESULT};
 use crate::codec::types::status;
 use crate::codec::{
@@ -128,6 +129,16 @@ impl Batcher {
     /// Requests waiting to be sent (disconnects excluded).
     pub fn len(&self) -> usize {
         self.forwards.len() + self.begins.len() + self.commits.len() + self.rollbacks.len() + self.snapshots.len()
+    }
+
+    /// Queue one element of a grouped request.
+    pub fn group(&mut self, route: Route, g: Grouped) {
+        match g {
+            Grouped::Begin(b) => self.begins.push((route, b)),
+            Grouped::Commit(gxid) => self.commits.push((route, gxid)),
+            Grouped::Rollback(gxid) => self.rollbacks.push((route, gxid)),
+            Grouped::Snapshot(gxid) => self.snapshots.push((route, gxid)),
+        }
     }
 
     /// Put an entry that was in flight back at the front, to be sent again.

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use crossbeam_channel::Receiver;
 use log::{debug, error, info, trace, warn};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use super::admission::{self, Admission};
 use super::backend::{Backend, Peer, Phase, READ_CHUNK, READ_PAUSE};
 use super::batch::{split_answer, Answer, Batcher, Forward, Pending, Route};
 use super::failover::{Action, Failover, Policy};
@@ -25,7 +25,7 @@ use super::ids::{ConnIds, Released};
 use super::ledger::{gxid_after, GxState, HighWater, Ledger};
 use super::upstream::{LinkError, LinkState, Upstream};
 use crate::codec::frame::{self, TAG_CLOSE, TAG_COMMAND, TAG_STARTUP};
-use crate::codec::{ClientFrame, ErrorFields, MsgType, Request, ResultType, ServerFrame, StartupPacket};
+use crate::codec::{ClientFrame, ErrorFields, Request, ResultType, ServerFrame, StartupPacket};
 use crate::config::Config;
 use crate::netio::ReadOutcome;
 use crate::timers::{TimerId, Timers};
@@ -454,81 +454,18 @@ impl Worker {
                 return;
             }
         }
-        match &req {
-            Request::TxnCommitMulti(v) | Request::TxnRollbackMulti(v) => v.iter().for_each(|g| self.ledger.ending(*g)),
-            Request::TxnRollback { gxid }
-            | Request::TxnCommit { gxid, .. }
-            | Request::TxnPrepare { gxid }
-            | Request::TxnStartPrepared { gxid, .. } => self.ledger.ending(*gxid),
-            Request::TxnCommitPrepared { gxid, prepared_gxid, .. } => {
-                self.ledger.ending(*gxid);
-                self.ledger.ending(*prepared_gxid);
+        admission::for_each_ending(&req, |g| self.ledger.ending(g));
+        match admission::admit(cmd.msg_type, cmd.payload, req, route.conn) {
+            Admission::Group(g) => self.batch.group(route, g),
+            Admission::Forward { payload, ends } => {
+                self.batch.forwards.push_back(Forward { route, msg_type: cmd.msg_type, payload, ends })
             }
-            _ => {}
-        }
-        if let Some(why) = endangers_gtm(&req) {
-            self.reject(key, &format!("{} refused by gtm_proxy: {why}", cmd.msg_type));
-            return;
-        }
-        let grouped = match req {
-            Request::TxnBeginGetGxid(bg) => {
-                self.batch.begins.push((route, bg));
-                None
-            }
-            Request::TxnRollback { gxid } => {
-                self.batch.rollbacks.push((route, gxid));
-                None
-            }
-            Request::TxnCommitMulti(ref v) if v.len() == 1 => {
-                self.batch.commits.push((route, v[0]));
-                None
-            }
-            Request::SnapshotGetMulti(ref v) if v.len() == 1 => {
-                self.batch.snapshots.push((route, v[0]));
-                None
-            }
-            other => Some(other),
-        };
-        let Some(req) = grouped else {
-            self.enqueued(key, route);
-            return;
-        };
-        match classify(&req) {
-            Class::Group => {
-                // Handled above; classify agrees with that match.
-                self.reject(key, "internal error: grouped request not queued");
-            }
-            Class::Forward => {
-                let ends = match &req {
-                    Request::TxnCommit { gxid, .. } => [*gxid, 0],
-                    Request::TxnCommitPrepared { gxid, prepared_gxid, .. } => [*gxid, *prepared_gxid],
-                    _ => [0; 2],
-                };
-                self.batch.forwards.push_back(Forward { route, msg_type: cmd.msg_type, payload: cmd.payload, ends });
-                self.enqueued(key, route);
-            }
-            Class::RewriteBeginMulti => {
-                let Request::TxnBeginGetGxidMulti(mut elems) = req else { return };
-                for e in &mut elems {
-                    e.conn_id = route.conn;
-                }
-                let mut payload = BytesMut::new();
-                Request::TxnBeginGetGxidMulti(elems).encode_payload(&mut payload);
-                self.batch.forwards.push_back(Forward {
-                    route,
-                    msg_type: cmd.msg_type,
-                    payload: payload.freeze(),
-                    ends: [0; 2],
-                });
-                self.enqueued(key, route);
-            }
-            Class::Refuse(why) => {
-                self.reject(key, &format!("{} is not accepted by gtm_proxy: {why}", cmd.msg_type));
-            }
-            Class::Unknown => {
-                self.reject(key, &format!("invalid frontend message type {}", cmd.msg_type.0));
+            Admission::Refuse(why) => {
+                self.reject(key, &why.to_string());
+                return;
             }
         }
+        self.enqueued(key, route);
     }
 
     fn enqueued(&mut self, key: usize, route: Route) {
@@ -990,82 +927,5 @@ impl Worker {
                 }
             }
         }
-    }
-}
-
-/// Requests the real GTM answers by crashing or corrupting memory (see the
-/// simulator's notes); no XL backend sends them, so refusing them costs
-/// nothing and keeps one bad client from taking the cluster's GTM down.
-fn endangers_gtm(req: &Request) -> Option<&'static str> {
-    use Request::*;
-    const MAX: usize = crate::codec::types::MAX_GLOBAL_TRANSACTIONS;
-    match req {
-        TxnCommitMulti(v) | TxnRollbackMulti(v) | SnapshotGetMulti(v) if v.is_empty() || v.len() > MAX => {
-            Some("the element count must be between 1 and 16384")
-        }
-        TxnBeginGetGxidMulti(v) if v.is_empty() || v.len() > MAX => {
-            Some("the element count must be between 1 and 16384")
-        }
-        SnapshotGet { count, .. } | SnapshotGxidGet { count, .. } if *count != 1 => Some("the count must be 1"),
-        _ => None,
-    }
-}
-
-/// What the proxy does with a request type.
-#[derive(Debug, PartialEq, Eq)]
-enum Class {
-    /// Grouped into a `*_MULTI`.
-    Group,
-    /// Sent 1:1 with the backend's identifier in the header.
-    Forward,
-    /// A backend's own begin MULTI: forwarded with every element's
-    /// connection id set to the backend's identifier.
-    RewriteBeginMulti,
-    /// A GTM message no backend may send through a proxy.
-    Refuse(&'static str),
-    /// Not an XL 10 message type.
-    Unknown,
-}
-
-fn classify(req: &Request) -> Class {
-    use Request::*;
-    match req {
-        TxnBeginGetGxid(_) | TxnRollback { .. } => Class::Group,
-        TxnCommitMulti(v) | SnapshotGetMulti(v) if v.len() == 1 => Class::Group,
-        TxnBeginGetGxidMulti(_) => Class::RewriteBeginMulti,
-        BackendDisconnect { .. } => Class::Refuse("only the proxy sends it"),
-        SequenceGetLast { .. } => Class::Refuse("the GTM never answers it"),
-        Other { msg_type, .. } => match *msg_type {
-            MsgType::TXN_GET_STATUS | MsgType::TXN_GET_ALL_PREPARED => Class::Refuse("the GTM never answers it"),
-            MsgType::NODE_LIST | MsgType::TXN_GXID_LIST | MsgType::SEQUENCE_LIST => Class::Forward,
-            t if t.name().is_some() => Class::Refuse("standby and internal messages are not proxied"),
-            _ => Class::Unknown,
-        },
-        _ => Class::Forward,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    #[test]
-    fn classification() {
-        let b = crate::codec::Begin { isolation: 1, read_only: false, session_id: Bytes::from_static(b"\0") };
-        assert_eq!(classify(&Request::TxnBeginGetGxid(b.clone())), Class::Group);
-        assert_eq!(classify(&Request::TxnCommitMulti(vec![1])), Class::Group);
-        assert_eq!(classify(&Request::TxnCommitMulti(vec![1, 2])), Class::Forward);
-        assert_eq!(classify(&Request::SnapshotGetMulti(vec![0])), Class::Group);
-        assert_eq!(classify(&Request::TxnRollback { gxid: 5 }), Class::Group);
-        assert_eq!(classify(&Request::TxnBegin(b)), Class::Forward);
-        assert_eq!(classify(&Request::TxnGetGxid { handle: 1 }), Class::Forward);
-        assert_eq!(classify(&Request::SnapshotGxidGet { count: 1, gxid: 3 }), Class::Forward);
-        assert!(matches!(classify(&Request::SequenceGetLast { key: Bytes::new() }), Class::Refuse(_)));
-        let other = |t| Request::Other { msg_type: MsgType(t), payload: Bytes::new() };
-        assert!(matches!(classify(&other(59)), Class::Refuse(_)));
-        assert!(matches!(classify(&other(12)), Class::Refuse(_)));
-        assert_eq!(classify(&other(99)), Class::Unknown);
-        assert_eq!(classify(&other(9)), Class::Forward);
     }
 }
