@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod registration;
 pub mod upstream;
+pub mod vetting;
 pub mod worker;
 
 use std::io;

@@ -19,13 +19,14 @@ use slab::Slab;
 
 use super::admission::{self, Admission};
 use super::backend::{Backend, Peer, Phase, READ_CHUNK, READ_PAUSE};
-use super::batch::{split_answer, Answer, Batcher, Forward, Pending, Route};
+use super::batch::{split_answer, Batcher, Forward, Route};
 use super::failover::{Action, Failover, Policy};
 use super::ids::{ConnIds, Released};
-use super::ledger::{gxid_after, GxState, HighWater, Ledger};
-use super::upstream::{LinkError, LinkState, Upstream};
+use super::ledger::{GxState, HighWater, Ledger};
+use super::upstream::{Incoming, LinkError, Upstream};
+use super::vetting::{self, Floors, Verdict};
 use crate::codec::frame::{self, TAG_CLOSE, TAG_COMMAND, TAG_STARTUP};
-use crate::codec::{ClientFrame, ErrorFields, Request, ResultType, ServerFrame, StartupPacket};
+use crate::codec::{ClientFrame, Request, ServerFrame, StartupPacket};
 use crate::config::Config;
 use crate::netio::ReadOutcome;
 use crate::timers::{TimerId, Timers};
@@ -114,12 +115,8 @@ pub struct Worker {
     down_reason: String,
     ledger: Ledger,
     high: Arc<HighWater>,
-    /// Highest GXID handed out by this proxy when the current link became
-    /// ready: the GTM must hand out GXIDs above it.
-    link_floor: u32,
-    /// Highest GXID handed out before the last link loss: an unknown-GXID
-    /// answer to a commit or rollback of such a GXID means it is done.
-    replay_floor: u32,
+    /// GXID floors for answer vetting (see [`vetting`]).
+    floors: Floors,
     /// The GTM granted the client id this link had before: it is a promoted
     /// standby, where (client id, backend id) may match other links'
     /// transactions, so `MSG_BACKEND_DISCONNECT` is not safe any more.
@@ -161,8 +158,7 @@ impl Worker {
             down_reason: "not connected yet".into(),
             ledger: Ledger::default(),
             high,
-            link_floor: 0,
-            replay_floor: 0,
+            floors: Floors::default(),
             keys_unreliable: false,
             connect_failures: 0,
             scratch: vec![0; READ_CHUNK],
@@ -214,7 +210,7 @@ impl Worker {
         let s = &self.stats;
         s.link_up.store(self.up.is_ready() as usize, Ordering::Relaxed);
         s.queued.store(self.batch.len(), Ordering::Relaxed);
-        s.in_flight.store(self.up.fifo.len(), Ordering::Relaxed);
+        s.in_flight.store(self.up.owed(), Ordering::Relaxed);
         s.ledger_gxids.store(self.ledger.len(), Ordering::Relaxed);
     }
 
@@ -235,9 +231,9 @@ impl Worker {
                         self.close_backend(k, "fast shutdown (answer not received in time)");
                     }
                 }
-                self.backends.is_empty() && (self.up.fifo.is_empty() || waited_out || !self.up.is_ready())
+                self.backends.is_empty() && (self.up.owed() == 0 || waited_out || !self.up.is_ready())
             }
-            StopMode::Smart => self.backends.is_empty() && self.up.fifo.is_empty(),
+            StopMode::Smart => self.backends.is_empty() && self.up.owed() == 0,
         }
     }
 
@@ -245,8 +241,7 @@ impl Worker {
     fn shutdown_link(&mut self) {
         if self.up.is_ready() {
             self.flush_batch();
-            crate::codec::encode_close(&mut self.up.wbuf);
-            let _ = self.up.flush();
+            self.up.say_goodbye();
         }
         self.up.close(self.poll.registry());
     }
@@ -259,9 +254,8 @@ impl Worker {
                 Control::NewBackend(s) => self.add_backend(s),
                 Control::Reconnect { host, port } => {
                     info!("worker {}: moving to GTM {host}:{port}", self.id);
-                    self.up.host = host;
-                    self.up.port = port;
-                    self.link_failed(LinkError::Refused("reconnect ordered".into()), true);
+                    self.up.retarget(host, port);
+                    self.link_failed(LinkError::ReconnectOrdered);
                 }
                 Control::Reload(cfg) => {
                     self.failover.policy = Policy::from_config(&cfg);
@@ -586,14 +580,14 @@ impl Worker {
 
     fn connect_upstream(&mut self) {
         if let Err(e) = self.up.connect(self.poll.registry(), UPSTREAM) {
-            self.link_failed(e, false);
+            self.link_failed(e);
         }
     }
 
     fn on_upstream_event(&mut self, readable: bool, writable: bool) {
         if writable {
             if let Err(e) = self.up.on_writable() {
-                self.link_failed(e, false);
+                self.link_failed(e);
                 return;
             }
         }
@@ -602,11 +596,11 @@ impl Worker {
                 if let Err(e) = self.up.read(&mut self.scratch) {
                     // Route what did arrive before reporting the failure.
                     let _ = self.route_answers();
-                    self.link_failed(e, false);
+                    self.link_failed(e);
                     return;
                 }
                 if let Err(e) = self.route_answers() {
-                    self.link_failed(e, false);
+                    self.link_failed(e);
                     return;
                 }
                 if !self.up.read_paused() {
@@ -616,158 +610,97 @@ impl Worker {
         }
     }
 
-    /// Decode whole frames from the GTM and hand each answer to its backends.
+    /// Take every whole frame the GTM sent: the startup answer, or answers
+    /// for the backends.
     fn route_answers(&mut self) -> Result<(), LinkError> {
-        loop {
-            let raw = match frame::split(&mut self.up.rbuf, frame::DEFAULT_MAX_FRAME * 4) {
-                Ok(Some(raw)) => raw,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(LinkError::Protocol(e.to_string())),
-            };
-            let proxied = self.up.state == LinkState::Ready;
-            let f = ServerFrame::decode(raw, proxied).map_err(|e| LinkError::Protocol(e.to_string()))?;
-            if self.up.state == LinkState::Starting {
-                match f {
-                    ServerFrame::Ready { client_id } => {
-                        info!(
-                            "worker {}: connected to GTM {} as client id {client_id}",
-                            self.id,
-                            self.up.addr_string()
-                        );
-                        let asked = self.up.client_id;
-                        if asked != 0 && asked == client_id {
-                            warn!(
-                                "worker {}: GTM {} granted this link's previous client id {client_id}: \
-                                 treating it as a promoted standby (backend disconnects are no longer sent)",
-                                self.id,
-                                self.up.addr_string()
-                            );
-                            self.keys_unreliable = true;
-                        }
-                        self.up.client_id = client_id;
-                        self.up.state = LinkState::Ready;
-                        self.up.last_read = Instant::now();
-                        self.link_floor = self.high.get();
-                        self.failover.on_connected();
-                        self.connect_failures = 0;
-                        if let Some(t) = self.failover_timer.take() {
-                            self.timers.cancel(t);
-                        }
-                        if !self.batch.is_empty() {
-                            info!("worker {}: sending {} held requests", self.id, self.batch.len());
-                        }
-                        continue;
-                    }
-                    ServerFrame::Error { fields, .. } => return Err(LinkError::Refused(fields.message())),
-                    _ => return Err(LinkError::Protocol("expected the startup answer".into())),
-                }
-            }
-            let Some(pending) = self.up.fifo.pop_front() else {
-                return Err(LinkError::Protocol("answer received while none was owed".into()));
-            };
-            self.stats.upstream_frames.fetch_add(1, Ordering::Relaxed);
-            let mut delivered = Vec::with_capacity(pending.len());
-            let mut refused = Vec::new();
-            let (link_floor, replay_floor) = (self.link_floor, self.replay_floor);
-            let is_commit = matches!(pending, Pending::Commit(_));
-            let id = self.id;
-            let res = split_answer(&pending, &f, |route, gxid, answer| {
-                delivered.push(route);
-                let owned_err: ErrorFields;
-                let owned_ans: Answer<'_>;
-                let mut a = answer;
-                match answer {
-                    Answer::Begin { gxid, .. } => {
-                        let stale = link_floor != 0 && !gxid_after(*gxid, link_floor);
-                        if stale || self.ledger.state(*gxid).is_some() {
-                            error!(
-                                "worker {id}: GTM handed out GXID {gxid}, not above GXID {link_floor} already handed \
-                                 out by this proxy: refusing it to avoid duplicate transaction ids"
-                            );
-                            refused.push(*gxid);
-                            owned_err = ErrorFields::new("ERROR", "GTM handed out a GXID that was already in use")
-                                .with_detail(&format!(
-                                    "GXID {gxid} is not above {link_floor}, the highest GXID handed out before; \
-                                     the GTM's state is behind this proxy's"
-                                ));
-                            owned_ans = Answer::Error(&owned_err);
-                            a = &owned_ans;
-                        } else {
-                            self.ledger.begun(route, *gxid);
-                            self.high.observe(*gxid);
-                        }
-                    }
-                    Answer::CommitOk | Answer::RollbackOk { .. } => self.ledger.ended(gxid),
-                    Answer::Result {
-                        result_type: ResultType::TXN_COMMIT_RESULT | ResultType::TXN_COMMIT_PREPARED_RESULT,
-                        payload,
-                    } if payload.len() == 8 && payload[4..8] == [0, 0, 0, 0] => {
-                        if let Pending::Forward(f) = &pending {
-                            self.ledger.ended(f.ends[0]);
-                            self.ledger.ended(f.ends[1]);
-                        }
-                    }
-                    Answer::Result { result_type: ResultType::TXN_BEGIN_GETGXID_AUTOVACUUM_RESULT, payload }
-                        if payload.len() == 4 =>
-                    {
-                        let vac = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                        self.ledger.begun_vacuum(route, vac);
-                        self.high.observe(vac);
-                    }
-                    Answer::ElementFailed { status: -1, .. }
-                        if replay_floor != 0 && gxid != 0 && !gxid_after(gxid, replay_floor) =>
-                    {
-                        warn!("worker {id}: GTM does not know GXID {gxid} any more; its end is reported as done");
-                        self.ledger.ended(gxid);
-                        owned_ans = if is_commit { Answer::CommitOk } else { Answer::RollbackOk { gxid } };
-                        a = &owned_ans;
-                    }
-                    Answer::Snapshot { status: crate::codec::types::status::NOT_FOUND, .. }
-                        if gxid != 0 && self.ledger.is_open(gxid) =>
-                    {
-                        error!("worker {id}: GTM lost open transaction {gxid}; its backend must abort");
-                        owned_err =
-                            ErrorFields::new("ERROR", "transaction is unknown to the GTM").with_detail(&format!(
-                                "GXID {gxid} was handed out by this proxy and is still open, but the GTM no longer \
-                                 knows it (GTM restart or failover lost it); the transaction must be aborted"
-                            ));
-                        owned_ans = Answer::Error(&owned_err);
-                        a = &owned_ans;
-                        self.ledger.ended(gxid);
-                    }
-                    _ => {}
-                }
-                trace!("worker {id}: answer for id {} (gxid {gxid}): {a:?}", route.conn);
-                if let Some(key) = self.ids.lookup(route.conn, route.gen) {
-                    if let Some(b) = self.backends.get_mut(key) {
-                        a.encode(&mut b.wbuf);
-                        b.busy = false;
-                        if matches!(a, Answer::Error(_) | Answer::ElementFailed { .. }) {
-                            self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if !b.queued {
-                            b.queued = true;
-                            self.to_process.push(key);
-                        }
-                    }
-                }
-            });
-            if !refused.is_empty() {
-                // Not rolled back: a GTM whose counter is behind may hold an
-                // older transaction with the same GXID, and ending that one
-                // could make a commit in progress look finished. Left for the
-                // DBA, who has to repair the GTM anyway.
-                error!("worker {}: GXIDs refused and left open on GTM {}: {refused:?}", self.id, self.up.addr_string());
-            }
-            if let Err(e) = res {
-                // Put the entry back: the owner decides what to do with it.
-                self.up.fifo.push_front(pending);
-                return Err(LinkError::Protocol(e.to_string()));
-            }
-            for route in delivered {
-                self.request_done(route);
+        while let Some(incoming) = self.up.next_frame()? {
+            match incoming {
+                Incoming::Ready { client_id, same_client_id } => self.link_ready(client_id, same_client_id),
+                Incoming::Answer(f) => self.route_answer(&f)?,
             }
         }
+        Ok(())
+    }
+
+    /// The GTM answered the startup packet: requests flow again.
+    fn link_ready(&mut self, client_id: u32, same_client_id: bool) {
+        let addr = self.up.addr_string();
+        info!("worker {}: connected to GTM {addr} as client id {client_id}", self.id);
+        if same_client_id {
+            warn!(
+                "worker {}: GTM {addr} granted this link's previous client id {client_id}: \
+                 treating it as a promoted standby (backend disconnects are no longer sent)",
+                self.id
+            );
+            self.keys_unreliable = true;
+        }
+        self.floors.link = self.high.get();
+        self.failover.on_connected();
+        self.connect_failures = 0;
+        if let Some(t) = self.failover_timer.take() {
+            self.timers.cancel(t);
+        }
+        if !self.batch.is_empty() {
+            info!("worker {}: sending {} held requests", self.id, self.batch.len());
+        }
+    }
+
+    /// Split one answer per backend, vet each, and queue it for its backend.
+    fn route_answer(&mut self, f: &ServerFrame) -> Result<(), LinkError> {
+        let Some(pending) = self.up.pop_owed() else { return Err(LinkError::Unsolicited) };
+        self.stats.upstream_frames.fetch_add(1, Ordering::Relaxed);
+        let mut delivered = Vec::with_capacity(pending.len());
+        let mut refused = Vec::new();
+        let (id, floors) = (self.id, self.floors);
+        let res = split_answer(&pending, f, |route, gxid, answer| {
+            delivered.push(route);
+            let verdict = vetting::vet(&mut self.ledger, &self.high, floors, &pending, route, gxid, answer);
+            match verdict {
+                Verdict::Pass => {}
+                Verdict::DuplicateGxid { gxid, floor } => {
+                    error!(
+                        "worker {id}: GTM handed out GXID {gxid}, not above GXID {floor} already handed \
+                         out by this proxy: refusing it to avoid duplicate transaction ids"
+                    );
+                    refused.push(gxid);
+                }
+                Verdict::AlreadyEnded { gxid, .. } => {
+                    warn!("worker {id}: GTM does not know GXID {gxid} any more; its end is reported as done")
+                }
+                Verdict::Lost { gxid } => {
+                    error!("worker {id}: GTM lost open transaction {gxid}; its backend must abort")
+                }
+            }
+            trace!("worker {id}: answer for id {} (gxid {gxid}): {answer:?}, {verdict:?}", route.conn);
+            if let Some(key) = self.ids.lookup(route.conn, route.gen) {
+                if let Some(b) = self.backends.get_mut(key) {
+                    if verdict.write(answer, &mut b.wbuf) {
+                        self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    b.busy = false;
+                    if !b.queued {
+                        b.queued = true;
+                        self.to_process.push(key);
+                    }
+                }
+            }
+        });
+        if !refused.is_empty() {
+            // Not rolled back: a GTM whose counter is behind may hold an
+            // older transaction with the same GXID, and ending that one
+            // could make a commit in progress look finished. Left for the
+            // DBA, who has to repair the GTM anyway.
+            error!("worker {}: GXIDs refused and left open on GTM {}: {refused:?}", self.id, self.up.addr_string());
+        }
+        if let Err(e) = res {
+            // Put the entry back: the owner decides what to do with it.
+            self.up.unpop_owed(pending);
+            return Err(LinkError::OutOfStep(e));
+        }
+        for route in delivered {
+            self.request_done(route);
+        }
+        Ok(())
     }
 
     fn request_done(&mut self, route: Route) {
@@ -782,24 +715,20 @@ impl Worker {
         if !self.up.is_ready() || self.batch.is_empty() {
             return;
         }
-        let n = self.batch.flush(self.cfg.batch_max, &mut self.up.wbuf, &mut self.up.fifo);
-        if n > 0 && self.up.fifo.len() == n {
-            // Nothing was owed before: the silence clock starts now.
-            self.up.last_read = Instant::now();
-        }
-        if let Err(e) = self.up.flush() {
-            self.link_failed(e, false);
+        if let Err(e) = self.up.send_batch(&mut self.batch, self.cfg.batch_max) {
+            self.link_failed(e);
         }
     }
 
     /// The GTM link is unusable (or a connection attempt failed). Work that
     /// was sent and not answered goes back in front of the held requests, to
     /// be replayed on the next link; the failover stages decide when that is.
-    fn link_failed(&mut self, err: LinkError, ordered: bool) {
-        let was = self.up.state;
+    fn link_failed(&mut self, err: LinkError) {
+        let ordered = matches!(err, LinkError::ReconnectOrdered);
+        let was_ready = self.up.is_ready();
         self.up.close(self.poll.registry());
-        let owed = self.up.fifo.len();
-        if was == LinkState::Ready {
+        let owed = self.up.owed();
+        if was_ready {
             self.stats.link_failures.fetch_add(1, Ordering::Relaxed);
             error!(
                 "worker {}: GTM link {} lost: {err}; {owed} requests in flight will be replayed, {} held",
@@ -818,18 +747,16 @@ impl Worker {
                 debug!("worker {}: cannot connect to GTM {} (attempt {n}): {err}", self.id, self.up.addr_string());
             }
         }
-        while let Some(p) = self.up.fifo.pop_back() {
-            self.batch.requeue(p);
-        }
-        if was == LinkState::Ready {
-            self.replay_floor = self.high.get();
+        self.up.requeue_owed(&mut self.batch);
+        if was_ready {
+            self.floors.replay = self.high.get();
         }
         if !ordered {
             self.down_reason = format!("{err} (GTM {})", self.up.addr_string());
         }
         let action = if ordered {
             self.failover.on_reconnect_order()
-        } else if was == LinkState::Ready {
+        } else if was_ready {
             self.failover.on_link_lost()
         } else {
             self.failover.on_attempt_failed()
@@ -900,20 +827,14 @@ impl Worker {
             TimerKind::Tick => {
                 self.timers.arm_in(now, TICK, TimerKind::Tick);
                 let limit = self.cfg.upstream_timeout;
-                if self.up.is_ready()
-                    && !limit.is_zero()
-                    && !self.up.fifo.is_empty()
-                    && now.duration_since(self.up.last_read) > limit
-                {
-                    let n = self.up.fifo.len();
-                    self.link_failed(LinkError::Silent(limit, n), false);
+                if !limit.is_zero() && self.up.silent_longer_than(now, limit) {
+                    let n = self.up.owed();
+                    self.link_failed(LinkError::Silent(limit, n));
                 }
                 let attempt_limit = if limit.is_zero() { CONNECT_TIMEOUT } else { limit.min(CONNECT_TIMEOUT) };
-                if matches!(self.up.state, LinkState::Connecting | LinkState::Starting)
-                    && now.duration_since(self.up.attempt_started) > attempt_limit
-                {
+                if self.up.attempt_longer_than(now, attempt_limit) {
                     // A GTM that accepts but never answers (stopped process).
-                    self.link_failed(LinkError::StartupTimeout(attempt_limit), false);
+                    self.link_failed(LinkError::StartupTimeout(attempt_limit));
                 }
                 if !self.up.is_ready() && !self.batch.is_empty() {
                     self.expire_held(now);
@@ -921,7 +842,7 @@ impl Worker {
             }
             TimerKind::Failover => {
                 self.failover_timer = None;
-                if self.up.state == LinkState::Down {
+                if self.up.is_down() {
                     let action = self.failover.on_timer();
                     self.perform(action);
                 }
