@@ -5,6 +5,19 @@
 //! backend with unprocessed input (at most one request outstanding each);
 //! (3) flush the round's batch upstream, followed by `F`; (4) write backend
 //! output. Nothing blocks: a silent or slow backend only ever delays itself.
+//!
+//! This file is the dispatcher; the work is in two rooms along a request's
+//! path:
+//! * `backends.rs`, the way in: `on_backend_event` (socket read) →
+//!   `process_backend` (one frame at a time) → `handle_request`
+//!   ([`admission::admit`](super::admission::admit) into the [`Batcher`])
+//!   → `flush_batch` ([`Upstream::send_batch`], the upstream write);
+//! * `link.rs`, the way back: `on_upstream_event` (link read) →
+//!   `route_answers` ([`Upstream::next_frame`]) → `route_answer`
+//!   ([`split_answer`](super::batch::split_answer), then
+//!   [`vetting::vet`](super::vetting::vet) per backend, written to its
+//!   output) → `write_backends` (socket write). `link` also owns the link's
+//!   start-up and failure (`link_ready`, `link_failed`, failover steps).
 
 mod backends;
 mod link;
@@ -141,7 +154,7 @@ pub struct Worker {
     down_reason: String,
     ledger: Ledger,
     high: Arc<HighWater>,
-    /// GXID floors for answer vetting (see [`vetting`]).
+    /// GXID floors for answer vetting (see [`crate::proxy::vetting`]).
     floors: Floors,
     /// The GTM granted the client id this link had before: it is a promoted
     /// standby, where (client id, backend id) may match other links'
