@@ -98,21 +98,9 @@ impl Worker {
         let res = split_answer(&pending, f, |route, gxid, answer| {
             delivered.push(route);
             let verdict = vetting::vet(&mut self.ledger, &self.high, floors, &pending, route, gxid, answer);
-            match verdict {
-                Verdict::Pass => {}
-                Verdict::DuplicateGxid { gxid, floor } => {
-                    error!(
-                        "worker {id}: GTM handed out GXID {gxid}, not above GXID {floor} already handed \
-                         out by this proxy: refusing it to avoid duplicate transaction ids"
-                    );
-                    refused.push(gxid);
-                }
-                Verdict::AlreadyEnded { gxid, .. } => {
-                    warn!("worker {id}: GTM does not know GXID {gxid} any more; its end is reported as done")
-                }
-                Verdict::Lost { gxid } => {
-                    error!("worker {id}: GTM lost open transaction {gxid}; its backend must abort")
-                }
+            log_verdict(id, verdict);
+            if let Verdict::DuplicateGxid { gxid, .. } = verdict {
+                refused.push(gxid);
             }
             trace!("worker {id}: answer for id {} (gxid {gxid}): {answer:?}, {verdict:?}", route.conn);
             if let Some(key) = self.ids.lookup(route.conn, route.gen) {
@@ -257,5 +245,20 @@ impl Worker {
                 self.fail_request(route, &msg);
             }
         }
+    }
+}
+
+/// Say what vetting changed, if anything.
+fn log_verdict(id: usize, verdict: Verdict) {
+    match verdict {
+        Verdict::Pass => {}
+        Verdict::DuplicateGxid { gxid, floor } => error!(
+            "worker {id}: GTM handed out GXID {gxid}, not above GXID {floor} already handed \
+             out by this proxy: refusing it to avoid duplicate transaction ids"
+        ),
+        Verdict::AlreadyEnded { gxid, .. } => {
+            warn!("worker {id}: GTM does not know GXID {gxid} any more; its end is reported as done")
+        }
+        Verdict::Lost { gxid } => error!("worker {id}: GTM lost open transaction {gxid}; its backend must abort"),
     }
 }
