@@ -118,7 +118,7 @@ fn promoted_standby_via_newgtm_and_sigusr1() {
     std::fs::write(proxy.dir.join("newgtm"), format!("-s 127.0.0.1 -t {}\n", standby.addr.port())).unwrap();
     proxy.signal(libc::SIGUSR1);
     // The first transaction through the proxy after the order.
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let g = c.begin();
     assert_eq!(
         c.call(&Request::TxnCommitMulti(vec![g])),
@@ -139,7 +139,7 @@ fn reconnect_subcommand_moves_the_proxy() {
     let sim1 = Daemon::sim(&[]);
     let sim2 = Daemon::sim(&["-x", "20000"]);
     let proxy = Daemon::proxy(sim1.addr, FAST_RETRY, 1);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let g1 = c.begin();
     assert!(g1 < 20000);
     let st = Command::new(proxy_bin())
@@ -160,7 +160,7 @@ fn reconnect_subcommand_moves_the_proxy() {
 fn bad_newgtm_is_ignored() {
     let sim = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim.addr, FAST_RETRY, 1);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let _ = c.begin();
     // Signals of one kind coalesce: wait for each order to be handled.
     let handled = |n: usize| {
@@ -220,7 +220,7 @@ fn err_wait_exhaustion_then_recovery() {
     let conf = "gtm_connect_retry_interval = 200ms\ngtm_connect_retry_count = 2\nerr_wait_idle = 500ms\n\
                 err_wait_count = 1\nerr_wait_interval = 500ms\nlog_min_messages = INFO\n";
     let proxy = Daemon::proxy(sim.addr, conf, 2);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let _ = c.begin();
     sim.kill9();
     let t0 = Instant::now();
@@ -259,7 +259,7 @@ fn gtm_behind_the_proxy_is_refused() {
     let sim1 = Daemon::sim(&["-x", "30000"]);
     let sim2 = Daemon::sim(&["-x", "10000"]);
     let proxy = Daemon::proxy(sim1.addr, FAST_RETRY, 1);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let g = c.begin();
     assert!(g >= 30000);
     std::fs::write(proxy.dir.join("newgtm"), format!("-s 127.0.0.1 -t {}\n", sim2.addr.port())).unwrap();
@@ -289,7 +289,7 @@ fn held_requests_are_bounded() {
     let conf =
         "gtm_connect_retry_interval = 200ms\nhold_timeout = 1s\nhold_max_requests = 2\nlog_min_messages = INFO\n";
     let proxy = Daemon::proxy(sim.addr, conf, 1);
-    let mut clients: Vec<Client> = (0..3).map(|_| Client::backend(proxy.addr, "cn1")).collect();
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::proxy_backend(proxy.addr, "cn1")).collect();
     sim.kill9();
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();

@@ -140,7 +140,7 @@ fn every_message_answered_as_the_gtm_answers() {
     let sim_a = Daemon::sim(&[]);
     let sim_b = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim_a.addr, "", 1);
-    let mut via = Client::backend(proxy.addr, "cn1");
+    let mut via = Client::proxy_backend(proxy.addr, "cn1");
     let mut direct = Client::connect(sim_b.addr);
     direct.startup("cn1", node_type::DEFAULT, false, 0);
     let mut handle = -1;
@@ -172,7 +172,7 @@ fn concurrent_requests_are_grouped() {
     let relay = Relay::start(sim.addr);
     let proxy = Daemon::proxy(relay.addr, "batch_max = 7\n", 1);
     const N: usize = 40;
-    let mut clients: Vec<Client> = (0..N).map(|_| Client::backend(proxy.addr, "cn1")).collect();
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::proxy_backend(proxy.addr, "cn1")).collect();
     let mut gxids = Vec::new();
     for _ in 0..3 {
         let mut wire = BytesMut::new();
@@ -247,7 +247,7 @@ fn concurrent_requests_are_grouped() {
 fn pipelined_frames_are_answered_in_order() {
     let sim = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim.addr, "", 2);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let mut wire = BytesMut::new();
     encode_command(&mut wire, None, &begin_req(b"\0"));
     encode_command(&mut wire, None, &Request::RegisterSession { coord_name: b(b"cn1"), coord_pid: 1, backend_id: 1 });
@@ -273,19 +273,19 @@ fn silent_and_slow_backends_do_not_block_others() {
     let sim = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim.addr, "", 1);
     let _silent = Client::connect(proxy.addr);
-    let mut partial = Client::backend(proxy.addr, "cn1");
+    let mut partial = Client::proxy_backend(proxy.addr, "cn1");
     let mut wire = BytesMut::new();
     encode_command(&mut wire, None, &begin_req(b"\0"));
     partial.send_raw(&wire[..7]);
     // A backend that floods requests and never reads.
-    let mut hog = Client::backend(proxy.addr, "cn1");
+    let mut hog = Client::proxy_backend(proxy.addr, "cn1");
     let mut flood = BytesMut::new();
     for _ in 0..20_000 {
         encode_command(&mut flood, None, &Request::SnapshotGetMulti(vec![0]));
     }
     hog.sock.set_nonblocking(true).unwrap();
     let _ = std::io::Write::write(&mut hog.sock, &flood);
-    let mut ok = Client::backend(proxy.addr, "cn1");
+    let mut ok = Client::proxy_backend(proxy.addr, "cn1");
     ok.set_timeout(Duration::from_secs(5));
     for _ in 0..50 {
         let g = ok.begin();
@@ -302,8 +302,8 @@ fn silent_and_slow_backends_do_not_block_others() {
 fn bad_requests_get_an_error_for_that_backend_only() {
     let sim = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim.addr, "", 1);
-    let mut bad = Client::backend(proxy.addr, "cn1");
-    let mut good = Client::backend(proxy.addr, "cn1");
+    let mut bad = Client::proxy_backend(proxy.addr, "cn1");
+    let mut good = Client::proxy_backend(proxy.addr, "cn1");
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (cmd_bytes(99, &[]), "invalid frontend message type 99"),
         (cmd_bytes(MsgType::SEQUENCE_GET_LAST.0, &[0, 0, 0, 2, b'a', 0]), "never answers"),
@@ -365,7 +365,7 @@ fn bad_startup_is_refused_and_closed() {
         other => panic!("{other:?}"),
     }
     assert!(c.closed_within(Duration::from_secs(5)));
-    let mut ok = Client::backend(proxy.addr, "cn1");
+    let mut ok = Client::proxy_backend(proxy.addr, "cn1");
     assert!(ok.begin() > 0);
 }
 
@@ -377,7 +377,7 @@ fn backend_closing_with_work_in_flight() {
     let sim = Daemon::sim(&[]);
     let relay = Relay::start(sim.addr);
     let proxy = Daemon::proxy(relay.addr, "", 1);
-    let mut a = Client::backend(proxy.addr, "cn1");
+    let mut a = Client::proxy_backend(proxy.addr, "cn1");
     let g = a.begin();
     sim.signal(libc::SIGSTOP);
     a.send(&Request::SnapshotGetMulti(vec![g]));
@@ -385,7 +385,7 @@ fn backend_closing_with_work_in_flight() {
     std::thread::sleep(Duration::from_millis(200));
     a.close();
     std::thread::sleep(Duration::from_millis(200));
-    let mut b = Client::backend(proxy.addr, "cn1");
+    let mut b = Client::proxy_backend(proxy.addr, "cn1");
     b.send(&begin_req(b"\0"));
     std::thread::sleep(Duration::from_millis(200));
     sim.signal(libc::SIGCONT);
@@ -426,7 +426,7 @@ fn identifiers_are_reused_safely() {
     let relay = Relay::start(sim.addr);
     let proxy = Daemon::proxy(relay.addr, "", 1);
     for _ in 0..5 {
-        let mut c = Client::backend(proxy.addr, "cn1");
+        let mut c = Client::proxy_backend(proxy.addr, "cn1");
         let g = c.begin();
         assert_eq!(c.call(&Request::TxnCommitMulti(vec![g])), Response::TxnCommitMulti { statuses: vec![0] });
         c.close();
@@ -456,21 +456,21 @@ fn identifiers_are_reused_safely() {
 fn smart_and_fast_shutdown() {
     let sim = Daemon::sim(&[]);
     let mut proxy = Daemon::proxy(sim.addr, "", 2);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     proxy.signal(libc::SIGTERM);
-    assert_eq!(proxy.wait_exit(Duration::from_millis(500)), None, "smart stop waits for the backend");
+    assert_eq!(proxy.exit_code(Duration::from_millis(500)), None, "smart stop waits for the backend");
     let g = c.begin();
     assert!(g > 0, "backends are still served during a smart stop");
     c.close();
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(proxy.exit_code(Duration::from_secs(10)), Some(0));
     assert!(!proxy.dir.join("gtm_proxy.pid").exists());
 
     let mut proxy = Daemon::proxy(sim.addr, "", 2);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let _ = c.begin();
     proxy.signal(libc::SIGINT);
     assert!(c.closed_within(Duration::from_secs(10)), "fast stop closes backends");
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(proxy.exit_code(Duration::from_secs(10)), Some(0));
     // Unregistered: the same proxy name can register again on the GTM.
     let mut direct = Client::connect(sim.addr);
     direct.startup("test_proxy", node_type::GTM_PROXY_POSTMASTER, true, 0);
@@ -494,7 +494,7 @@ fn smart_and_fast_shutdown() {
 fn autovacuum_transactions_do_not_leak() {
     let sim = Daemon::sim(&["--persist"]);
     let proxy = Daemon::proxy(sim.addr, "", 1);
-    let mut c = Client::backend(proxy.addr, "dn1");
+    let mut c = Client::proxy_backend(proxy.addr, "dn1");
     let mut vac = Vec::new();
     for _ in 0..3 {
         match c.call(&Request::TxnBeginGetGxidAutovacuum { isolation: 1, read_only: false }) {
@@ -516,7 +516,7 @@ fn autovacuum_transactions_do_not_leak() {
 fn sighup_reloads_the_configuration() {
     let sim = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim.addr, "log_min_messages = WARNING\n", 1);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     assert!(!proxy.log().contains("configuration reloaded"));
     std::fs::write(
         proxy.dir.join("gtm_proxy.conf"),
@@ -539,7 +539,7 @@ fn metrics_endpoint() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let sim = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim.addr, &format!("metrics_port = {port}\n"), 1);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let g = c.begin();
     c.call(&Request::TxnCommitMulti(vec![g]));
     let scrape = |path: &str| {
