@@ -202,7 +202,7 @@ impl Daemon {
     }
 
     /// Like [`Daemon::proxy`] with further command-line arguments (`-h` must
-    /// be among them). `log_min_messages = INFO` unless `conf` sets a level.
+    /// be among them; `-p 0` unless they give `-p`). `log_min_messages = INFO` unless `conf` sets a level.
     pub fn proxy_args(gtm: SocketAddr, conf: &str, workers: usize, extra: &[&str]) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
@@ -215,8 +215,6 @@ impl Daemon {
         let mut args: Vec<String> = vec![
             "-D".to_string(),
             dir.display().to_string(),
-            "-p".into(),
-            "0".into(),
             "-s".into(),
             gtm.ip().to_string(),
             "-t".into(),
@@ -226,6 +224,9 @@ impl Daemon {
             "-n".into(),
             workers.to_string(),
         ];
+        if !extra.contains(&"-p") {
+            args.extend(["-p".to_string(), "0".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::start(proxy_bin(), args, dir.clone(), dir.join("gtm_proxy.port"), Some(tmp))
     }
