@@ -129,10 +129,12 @@ fn gtm_killed_and_restarted() {
 #[test]
 fn promoted_standby_via_newgtm_and_sigusr1() {
     let mut active = Daemon::sim(&["--persist"]);
-    let conf = format!("{FAST_RETRY}gtm_connect_retry_count = 2\nerr_wait_idle = 60s\n");
+    let (conf, mport) = with_metrics(&format!("{FAST_RETRY}gtm_connect_retry_count = 2\nerr_wait_idle = 60s\n"));
     let proxy = Daemon::proxy(active.addr, &conf, 2);
     let b = bench(proxy.addr, 7);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_metrics(mport, "answers on both workers", |m| {
+        (0..2).all(|w| metric_of(m, "gtm_proxy_gtm_answers_total", w).unwrap_or(0) > 100)
+    });
     active.kill9();
     let standby_dir = tempfile::tempdir().unwrap();
     std::fs::copy(active.dir.join("gtm_sim.state"), standby_dir.path().join("gtm_sim.state")).unwrap();
