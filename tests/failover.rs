@@ -350,15 +350,18 @@ fn err_wait_exhaustion_then_recovery() {
 #[test]
 fn gtm_behind_the_proxy_is_refused() {
     let sim1 = Daemon::sim(&["-x", "30000"]);
-    let sim2 = Daemon::sim(&["-x", "10000"]);
-    let proxy = Daemon::proxy(sim1.addr, FAST_RETRY, 1);
+    let sim2 = Daemon::sim(&["-x", "10000", "--persist"]);
+    let (conf, mport) = with_metrics(FAST_RETRY);
+    let proxy = Daemon::proxy(sim1.addr, &conf, 1);
     let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let g = c.begin();
     assert!(g >= 30000);
     std::fs::write(proxy.dir.join("newgtm"), format!("-s 127.0.0.1 -t {}\n", sim2.addr.port())).unwrap();
     proxy.signal(libc::SIGUSR1);
-    eventually(Duration::from_secs(10), || {
-        proxy.log().contains(&format!("moving to GTM 127.0.0.1:{}", sim2.addr.port())).then_some(())
+    // Moved: the first link was given up and the next one (to sim2) is up.
+    wait_metrics(mport, "moved to the second GTM", |m| {
+        metric_of(m, "gtm_proxy_gtm_link_failures_total", 0) >= Some(1)
+            && metric_of(m, "gtm_proxy_gtm_link_up", 0) == Some(1)
     });
     for _ in 0..3 {
         match c.call_frame(&begin_req(b"\0")) {
@@ -368,6 +371,11 @@ fn gtm_behind_the_proxy_is_refused() {
             other => panic!("a stale GXID reached the backend: {other:?}"),
         }
     }
+    // On the GTM, the three refused GXIDs are still open: not ended by
+    // number (the GTM may hold an older transaction with the same GXID).
+    let open: Vec<String> = open_txns(&sim2.dir);
+    let gx: Vec<&str> = open.iter().map(|l| l.split(' ').nth(2).unwrap_or("")).collect();
+    assert_eq!(gx, vec!["10000", "10001", "10002"], "{open:#?}");
     assert!(proxy.log().contains("refusing it to avoid duplicate transaction ids"));
     // They are not ended by number (the GTM may hold an older transaction
     // with the same GXID); the log names them for the DBA.
