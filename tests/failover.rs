@@ -243,7 +243,8 @@ fn client_id_is_re_presented_on_reconnect() {
 #[test]
 fn bad_newgtm_is_ignored() {
     let sim = Daemon::sim(&[]);
-    let proxy = Daemon::proxy(sim.addr, FAST_RETRY, 1);
+    let (conf, mport) = with_metrics(FAST_RETRY);
+    let proxy = Daemon::proxy(sim.addr, &conf, 1);
     let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let _ = c.begin();
     // Signals of one kind coalesce: wait for each order to be handled.
@@ -267,6 +268,10 @@ fn bad_newgtm_is_ignored() {
             gtmproxy::codec::Response::TxnCommitMulti { statuses: vec![0] }
         );
     }
+    // The link was never given up for any of the orders.
+    let m = scrape(mport, "/metrics").expect("metrics");
+    assert_eq!(metric_of(&m, "gtm_proxy_gtm_link_failures_total", 0), Some(0), "{m}");
+    assert_eq!(metric_of(&m, "gtm_proxy_gtm_link_up", 0), Some(1), "{m}");
     let log = proxy.log();
     assert!(log.contains("newgtm"), "the missing file is named: {log}");
     assert!(log.contains("-x"), "the bad option is named: {log}");
