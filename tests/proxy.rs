@@ -592,11 +592,16 @@ fn metrics_endpoint() {
     let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let g = c.begin();
     c.call(&Request::TxnCommitMulti(vec![g]));
-    let body = wait_metrics(port, "two requests", |b| b.contains("gtm_proxy_requests_total{worker=\"0\"} 2"));
+    // Counters move at once, gauges once per worker round: wait until the
+    // whole picture after the commit is there.
+    let want = [
+        "gtm_proxy_requests_total{worker=\"0\"} 2\n",
+        "gtm_proxy_backends{worker=\"0\"} 1\n",
+        "gtm_proxy_gtm_link_up{worker=\"0\"} 1\n",
+        "gtm_proxy_ledger_gxids{worker=\"0\"} 0\n",
+    ];
+    let body = wait_metrics(port, "the state after one commit", |b| want.iter().all(|w| b.contains(w)));
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    assert!(body.contains("gtm_proxy_backends{worker=\"0\"} 1"), "{body}");
-    assert!(body.contains("gtm_proxy_gtm_link_up{worker=\"0\"} 1"), "{body}");
-    assert!(body.contains("gtm_proxy_ledger_gxids{worker=\"0\"} 0"), "{body}");
     assert!(body.contains("# TYPE gtm_proxy_errors_sent_total counter"), "{body}");
     assert!(scrape(port, "/other").expect("an answer").starts_with("HTTP/1.1 404"));
 }
