@@ -140,9 +140,15 @@ mod tests {
         assert_ne!(gc, ga);
         assert_eq!(ids.lookup(c, ga), None, "old generation does not reach the new holder");
         assert_eq!(ids.lookup(c, gc), Some(12));
-        // A late settlement for the old generation changes nothing.
+        // A late settlement for the old generation changes nothing, also
+        // when the new holder is draining itself (a settlement that ignored
+        // the generation would free it here).
         assert_eq!(ids.settled(c, ga), None);
         assert_eq!(ids.lookup(c, gc), Some(12));
+        assert_eq!(ids.release(c, gc, true, Some("bye c")), None);
+        assert_eq!(ids.settled(c, ga), None, "the old generation does not settle the new holder's request");
+        assert_eq!(ids.in_use(), 2);
+        assert_eq!(ids.settled(c, gc), Some("bye c"));
     }
 
     #[test]
@@ -159,13 +165,12 @@ mod tests {
     fn reuse_is_oldest_first() {
         let mut ids = ConnIds::<()>::new(100);
         let got: Vec<_> = (0..3).map(|k| ids.alloc(k).unwrap()).collect();
-        for (id, g) in &got {
-            assert_eq!(ids.release(*id, *g, false, None), None);
+        // Released in an order no lowest-first or highest-first policy follows.
+        for i in [1, 2, 0] {
+            assert_eq!(ids.release(got[i].0, got[i].1, false, None), None);
         }
         assert_eq!(ids.in_use(), 0);
-        let (n1, _) = ids.alloc(7).unwrap();
-        assert_eq!(n1, got[0].0);
-        let (n2, _) = ids.alloc(8).unwrap();
-        assert_eq!(n2, got[1].0);
+        let reused: Vec<i16> = (7..10).map(|k| ids.alloc(k).unwrap().0).collect();
+        assert_eq!(reused, vec![got[1].0, got[2].0, got[0].0]);
     }
 }
