@@ -1,12 +1,18 @@
 //! Files in the proxy data directory that other tools rely on, and `gtm_ctl reconnect`.
 //!
-//! * `gtm_proxy.pid`: `PID\nABSOLUTE_DATA_DIR\n`, mode 0600, created exclusively, removed
-//!   at shutdown ([`PidFile`]). `gtm_ctl` reads the first line.
+//! * `gtm_proxy.pid`: `PID\nABSOLUTE_DATA_DIR\n1\n`, mode 0600, created exclusively,
+//!   removed at shutdown ([`PidFile`]). `gtm_ctl stop`/`reconnect` read the pid;
+//!   `gtm_ctl status` reads three tokens (pid, directory, integer mode: 1 active, as the
+//!   GTM writes it).
 //! * `gtm_proxy.opts`: the command-line arguments, ` "arg"` each, newline-terminated
 //!   ([`write_opts`]).
 //! * `newgtm`: written by `gtm_ctl reconnect -Z gtm_proxy -D DIR -o "-s HOST -t PORT"`
 //!   (the `-o` string plus a newline), followed by SIGUSR1 to the proxy
 //!   ([`write_newgtm`], [`send_reconnect`]); the proxy reads it with [`read_newgtm`].
+//!
+//! * systemd: [`notify_ready`], [`notify_stopping`] and the [`Watchdog`] speak the
+//!   `sd_notify` protocol when the proxy runs under a `Type=notify` unit, and do nothing
+//!   otherwise.
 //!
 //! Unlike XL 10, a bad or missing `newgtm` is an ordinary error for the caller to log and
 //! ignore, never a reason to exit.
@@ -20,6 +26,8 @@ use thiserror::Error;
 
 /// Pid file name inside the data directory.
 pub const PID_FILE_NAME: &str = "gtm_proxy.pid";
+/// Third line of the pid file: the integer mode `gtm_ctl status` reads (1 = active).
+pub const PID_FILE_MODE: &str = "1\n";
 /// Options file name inside the data directory.
 pub const OPTS_FILE_NAME: &str = "gtm_proxy.opts";
 /// Reconnect options file name inside the data directory.
@@ -82,13 +90,13 @@ pub struct PidFile {
 }
 
 impl PidFile {
-    /// Create `DIR/gtm_proxy.pid` exclusively (mode 0600) with `PID\nABSOLUTE_DIR\n`.
+    /// Create `DIR/gtm_proxy.pid` exclusively (mode 0600) with `PID\nABSOLUTE_DIR\n1\n`.
     ///
     /// An existing file whose process is gone (or is this process or its parent, as after
     /// a container restart that reuses pids) is replaced; one naming a live process gives
     /// [`ControlError::AlreadyRunning`]; an unreadable one [`ControlError::BogusPidFile`].
     pub fn create(data_dir: &Path) -> Result<PidFile, ControlError> {
-        PidFile::create_named(data_dir, PID_FILE_NAME, "")
+        PidFile::create_named(data_dir, PID_FILE_NAME, PID_FILE_MODE)
     }
 
     /// Like [`PidFile::create`] for another server's pid file: `DIR/file_name` with
@@ -332,6 +340,57 @@ pub fn send_reconnect(data_dir: &Path, opts: &str) -> Result<i32, ControlError> 
     Ok(pid)
 }
 
+/// Tell systemd (`Type=notify`) that the proxy is ready: it listens and its GTM link is
+/// up. Does nothing outside systemd.
+pub fn notify_ready() {
+    notify(sd_notify::NotifyState::Ready);
+}
+
+/// Tell systemd that the proxy is stopping.
+pub fn notify_stopping() {
+    notify(sd_notify::NotifyState::Stopping);
+}
+
+fn notify(state: sd_notify::NotifyState) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    match sd_notify::notify(std::slice::from_ref(&state)) {
+        Ok(()) => log::debug!("told systemd: {state}"),
+        Err(e) => log::warn!("could not notify systemd: {e}"),
+    }
+}
+
+/// systemd's watchdog (`WatchdogSec=` in the unit): pinged from the main loop at half the
+/// configured period, so a stuck main loop gets the proxy restarted.
+#[derive(Debug)]
+pub struct Watchdog {
+    period: Option<std::time::Duration>,
+    last: Option<std::time::Instant>,
+}
+
+impl Watchdog {
+    /// Enabled when systemd set `WATCHDOG_USEC` (and `WATCHDOG_PID`, if set, is ours).
+    pub fn from_env() -> Watchdog {
+        let period = sd_notify::watchdog_enabled().map(|d| d / 2);
+        if let Some(p) = period {
+            log::info!("systemd watchdog enabled, pinging every {p:?}");
+        }
+        Watchdog { period, last: None }
+    }
+
+    /// Ping if half the watchdog period has passed since the last ping.
+    pub fn tick(&mut self) {
+        let Some(period) = self.period else { return };
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < period) {
+            return;
+        }
+        self.last = Some(now);
+        notify(sd_notify::NotifyState::Watchdog);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,7 +413,12 @@ mod tests {
             assert_eq!(pf.pid(), std::process::id() as i32);
             let text = fs::read_to_string(&path).expect("read");
             let abs = std::path::absolute(dir.path()).expect("abs");
-            assert_eq!(text, format!("{}\n{}\n", std::process::id(), abs.display()));
+            assert_eq!(text, format!("{}\n{}\n1\n", std::process::id(), abs.display()));
+            // The three tokens gtm_ctl status scans: pid, directory, integer mode.
+            let tokens: Vec<&str> = text.split_whitespace().collect();
+            assert_eq!(tokens.len(), 3, "{text}");
+            assert_eq!(tokens[0].parse::<i32>().expect("pid"), std::process::id() as i32);
+            assert_eq!(tokens[2].parse::<i32>().expect("mode"), 1);
             assert_eq!(mode(&path), 0o600);
             assert_eq!(read_pid(dir.path()).expect("pid"), std::process::id() as i32);
         }

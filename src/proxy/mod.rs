@@ -30,7 +30,7 @@ use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::config::{CliOverrides, Config};
+use crate::config::{Config, ProxyArgs};
 use crate::control::{self, PidFile};
 use registration::{Identity, RegLink};
 use worker::{Control, StopMode, Worker, WorkerStats};
@@ -70,7 +70,7 @@ impl WorkerHandle {
 /// Run the proxy until a stop signal. `cli` are the command-line values
 /// (they keep winning over the file on reload); `argv` is written to
 /// `gtm_proxy.opts` as XL does.
-pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), ProxyError> {
+pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyError> {
     let data_dir = cfg.data_dir.clone();
     let pid = PidFile::create(&data_dir)?;
     if let Err(e) = control::write_opts(&data_dir, argv) {
@@ -78,11 +78,6 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
     }
     let fd_limit = net::raise_fd_limit();
     info!("open file limit is {fd_limit}");
-    net::configure_keepalive(net::Keepalive {
-        idle: cfg.keepalives_idle,
-        interval: cfg.keepalives_interval,
-        count: cfg.keepalives_count,
-    });
 
     let mut poll = Poll::new().map_err(|e| ProxyError::Io("poll", e))?;
     let mut listeners = bind_listeners(&cfg)?;
@@ -127,13 +122,16 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
     let main_waker = Arc::new(Waker::new(poll.registry(), MAIN_WAKER).map_err(|e| ProxyError::Io("waker", e))?);
     let signals = spawn_signal_thread(main_waker)?;
     write_port_file(&data_dir, bound);
-    info!("gtm_proxy listening on {bound} with {} workers, GTM {}:{}", workers.len(), gtm.0, gtm.1);
+    control::notify_ready();
+    let mut watchdog = control::Watchdog::from_env();
+    crate::xlog!(LOG, "gtm_proxy listening on {bound} with {} workers, GTM {}:{}", workers.len(), gtm.0, gtm.1);
 
     let mut events = Events::with_capacity(256);
     let mut accepting = true;
     let mut stop: Option<StopMode> = None;
     let mut next_worker = 0usize;
     'main: loop {
+        watchdog.tick();
         if let Err(e) = poll.poll(&mut events, Some(std::time::Duration::from_millis(500))) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -157,7 +155,14 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
                         }
                         signal_hook::consts::SIGUSR1 => {
                             if let Some(to) = reconnect_order(&data_dir, &gtm) {
-                                info!("reconnect ordered: moving from GTM {}:{} to {}:{}", gtm.0, gtm.1, to.0, to.1);
+                                crate::xlog!(
+                                    LOG,
+                                    "reconnect ordered: moving from GTM {}:{} to {}:{}",
+                                    gtm.0,
+                                    gtm.1,
+                                    to.0,
+                                    to.1
+                                );
                                 if let Some(r) = reg.take() {
                                     r.close();
                                 }
@@ -190,7 +195,7 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
                             continue;
                         }
                         let _ = sock.set_nodelay(true);
-                        net::set_keepalive(&sock);
+                        net::set_keepalive(&sock, cfg.keepalives());
                         let std_sock = mio_to_std(sock);
                         // Least-loaded worker; ties go round-robin.
                         let n = workers.len();
@@ -217,7 +222,8 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
         }
         if let Some(mode) = stop {
             if accepting {
-                info!("{mode:?} shutdown requested");
+                crate::xlog!(LOG, "{mode:?} shutdown requested");
+                control::notify_stopping();
                 for l in &mut listeners {
                     let _ = poll.registry().deregister(l);
                 }
@@ -248,49 +254,35 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
     }
     let _ = std::fs::remove_file(data_dir.join(PORT_FILE_NAME));
     drop(pid);
-    info!("gtm_proxy stopped ({mode:?})");
+    crate::xlog!(LOG, "gtm_proxy stopped ({mode:?})");
     Ok(())
 }
 
-/// SIGHUP: read gtm_proxy.conf again (command-line values still win).
-/// Settings that only take effect at start-up are reported and kept; a file
-/// with an error is reported and the running configuration kept.
-fn reload(cur: &Config, cli: &CliOverrides, data_dir: &Path) -> Option<Config> {
-    let mut new = match Config::load(data_dir, cli) {
+/// SIGHUP: reopen the log file (logrotate) and read gtm_proxy.conf again
+/// (command-line values still win); [`Config::reload`] decides which changes
+/// apply now. A file with an error is reported and the running configuration kept.
+fn reload(cur: &Config, cli: &ProxyArgs, data_dir: &Path) -> Option<Config> {
+    if let Err(e) = crate::logging::reopen() {
+        error!("could not reopen the log file: {e}");
+    }
+    let new = match Config::load(data_dir, cli) {
         Ok(c) => c,
         Err(e) => {
             error!("configuration not reloaded: {e}");
             return None;
         }
     };
-    let fixed = [
-        ("nodename", new.nodename != cur.nodename),
-        ("listen_addresses", new.listen_addresses != cur.listen_addresses),
-        ("port", new.port != cur.port),
-        ("gtm_host", new.gtm_host != cur.gtm_host),
-        ("gtm_port", new.gtm_port != cur.gtm_port),
-        ("worker_threads", new.worker_threads != cur.worker_threads),
-        ("log_file", new.log_file != cur.log_file),
-        ("metrics_port", new.metrics_port != cur.metrics_port),
-    ];
-    for (key, changed) in fixed {
-        if changed {
-            warn!("parameter \"{key}\" cannot be changed without restarting gtm_proxy; kept");
-        }
+    let r = cur.reload(new);
+    for key in &r.kept {
+        warn!("parameter \"{key}\" cannot be changed without restarting gtm_proxy; kept");
     }
-    new.nodename = cur.nodename.clone();
-    new.listen_addresses = cur.listen_addresses.clone();
-    new.port = cur.port;
-    new.gtm_host = cur.gtm_host.clone();
-    new.gtm_port = cur.gtm_port;
-    new.worker_threads = cur.worker_threads;
-    new.log_file = cur.log_file.clone();
-    new.metrics_port = cur.metrics_port;
-    if std::env::var_os("RUST_LOG").is_none() {
-        log::set_max_level(new.log_min_messages.to_level_filter());
-    }
-    info!("configuration reloaded");
-    Some(new)
+    crate::logging::set_min_level(r.config.log_min_messages);
+    crate::xlog!(
+        LOG,
+        "configuration reloaded; changed: {}",
+        if r.applied.is_empty() { "none".to_string() } else { r.applied.join(", ") }
+    );
+    Some(r.config)
 }
 
 /// Read `newgtm`; a bad or missing file is logged and ignored.

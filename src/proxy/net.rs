@@ -5,24 +5,11 @@ use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 
-/// Keepalive settings applied to accepted backends and to GTM links; 0 keeps
-/// the OS default for that parameter (as `keepalives_*` in XL).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Keepalive {
-    pub idle: u32,
-    pub interval: u32,
-    pub count: u32,
-}
+use crate::config::Keepalives;
 
-static KEEPALIVE: std::sync::OnceLock<Keepalive> = std::sync::OnceLock::new();
-
-pub fn configure_keepalive(k: Keepalive) {
-    let _ = KEEPALIVE.set(k);
-}
-
-/// Turn on TCP keepalive with the configured parameters.
-pub fn set_keepalive<S: AsFd>(sock: &S) {
-    let k = KEEPALIVE.get().copied().unwrap_or_default();
+/// Turn on TCP keepalive with `k` (from the configuration in force, so that a
+/// SIGHUP changing `keepalives_*` applies to the next connections).
+pub fn set_keepalive<S: AsFd>(sock: &S, k: Keepalives) {
     let s = SockRef::from(sock);
     let mut ka = TcpKeepalive::new();
     if k.idle > 0 {

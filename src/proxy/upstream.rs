@@ -98,7 +98,12 @@ impl Upstream {
 
     /// Start a non-blocking connect. The startup packet is queued at once;
     /// it goes out when the socket becomes writable.
-    pub fn connect(&mut self, registry: &Registry, token: Token) -> Result<(), LinkError> {
+    pub fn connect(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        keepalives: crate::config::Keepalives,
+    ) -> Result<(), LinkError> {
         self.close(registry);
         let target = self.addr_string();
         let addr = (self.host.as_str(), self.port)
@@ -109,7 +114,7 @@ impl Upstream {
         let mut sock = TcpStream::connect(addr).map_err(|e| LinkError::Connect(addr, e))?;
         registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
         let _ = sock.set_nodelay(true);
-        crate::proxy::net::set_keepalive(&sock);
+        crate::proxy::net::set_keepalive(&sock, keepalives);
         self.sock = Some(sock);
         self.state = LinkState::Connecting;
         self.attempt_started = Instant::now();

@@ -647,7 +647,7 @@ impl Worker {
     // ----- upstream --------------------------------------------------------
 
     fn connect_upstream(&mut self) {
-        if let Err(e) = self.up.connect(self.poll.registry(), UPSTREAM) {
+        if let Err(e) = self.up.connect(self.poll.registry(), UPSTREAM, self.cfg.keepalives()) {
             self.link_failed(e, false);
         }
     }
