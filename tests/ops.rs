@@ -391,3 +391,45 @@ fn starts_with_standard_descriptors_closed_as_gtm_ctl_does() {
     eventually(WAIT, "the start-up line", || read(&dir.join("gtm_proxy.log")).contains("starting").then_some(()));
     stop_fast(&mut p);
 }
+
+#[test]
+fn systemd_notify_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let gtm = gtm();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let child = Command::new(proxy_bin())
+        .args(proxy_args(&dir, gtm.addr))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut p = Proc { child: Some(child) };
+    let mut seen = String::new();
+    let recv_until = |want: &str, seen: &mut String| {
+        eventually(WAIT, want, || {
+            let mut buf = [0u8; 512];
+            if let Ok(n) = sock.recv(&mut buf) {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                seen.push('\n');
+            }
+            seen.contains(want).then_some(())
+        })
+    };
+    recv_until("READY=1", &mut seen);
+    // Ready means listening: the port file is there and the proxy accepts.
+    let addr = read_addr(&dir.join("gtm_proxy.port")).expect("port file written before READY");
+    TcpStream::connect_timeout(&addr, WAIT).expect("accepts once ready");
+    recv_until("WATCHDOG=1", &mut seen);
+    p.signal(libc::SIGINT);
+    recv_until("STOPPING=1", &mut seen);
+    assert_eq!(p.wait_exit(WAIT), Some(0));
+    assert_eq!(seen.matches("READY=1").count(), 1, "{seen}");
+}
