@@ -224,16 +224,56 @@ pub fn read_pid(data_dir: &Path) -> Result<i32, ControlError> {
 /// Write `DIR/gtm_proxy.opts` as XL 10 does: `args` is the whole command line
 /// (`std::env::args()`); the program path `args[0]` is skipped, and each other argument is
 /// written as ` "arg"` (no escaping), followed by a newline.
+///
+/// Unlike XL, an option given more than once is written once, with its last value
+/// ([`effective_options`]): `gtm_ctl restart` runs `gtm_proxy -D DIR` plus this line, so
+/// XL's file gains one `"-D" "DIR"` per restart until gtm_ctl's command buffer overflows.
 pub fn write_opts(data_dir: &Path, args: &[String]) -> Result<(), ControlError> {
     let mut text = String::new();
-    for arg in args.iter().skip(1) {
+    for arg in effective_options(args.get(1..).unwrap_or_default()) {
         text.push_str(" \"");
-        text.push_str(arg);
+        text.push_str(&arg);
         text.push('"');
     }
     text.push('\n');
     let path = data_dir.join(OPTS_FILE_NAME);
     fs::write(&path, text).map_err(io_err("write", &path))
+}
+
+/// Options of the proxy that take a value (all of them do).
+const VALUE_OPTIONS: &[char] = &['D', 'h', 'p', 's', 't', 'i', 'n', 'l'];
+
+/// `args` (without the program name) with each repeated option kept once, at its first
+/// position, with its last value; `-Xvalue` is written as `-X value`. Anything that is not
+/// a known option with its value leaves `args` unchanged.
+pub fn effective_options(args: &[String]) -> Vec<String> {
+    let mut pairs: Vec<(char, &str)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let mut chars = a.chars();
+        let flag = match (chars.next(), chars.next()) {
+            (Some('-'), Some(c)) if VALUE_OPTIONS.contains(&c) => c,
+            _ => return args.to_vec(),
+        };
+        let value = if a.len() > 2 {
+            &a[2..]
+        } else {
+            match args.get(i + 1) {
+                Some(v) => {
+                    i += 1;
+                    v.as_str()
+                }
+                None => return args.to_vec(),
+            }
+        };
+        i += 1;
+        match pairs.iter_mut().find(|(f, _)| *f == flag) {
+            Some(p) => p.1 = value,
+            None => pairs.push((flag, value)),
+        }
+    }
+    pairs.into_iter().flat_map(|(f, v)| [format!("-{f}"), v.to_string()]).collect()
 }
 
 /// Target of a `gtm_ctl reconnect`: the new GTM host and/or port.
@@ -533,6 +573,12 @@ mod tests {
         write_opts(dir.path(), &args).expect("write");
         let text = fs::read_to_string(dir.path().join(OPTS_FILE_NAME)).expect("read");
         assert_eq!(text, " \"-D\" \"/data/p\" \"-i\" \"px\"\n");
+        // What gtm_ctl restart runs: the opts line does not grow with each restart.
+        let restart: Vec<String> =
+            ["gtm_proxy", "-D", "/data/p", "-D", "/data/p", "-i", "px"].iter().map(|s| s.to_string()).collect();
+        write_opts(dir.path(), &restart).expect("write");
+        let again = fs::read_to_string(dir.path().join(OPTS_FILE_NAME)).expect("read");
+        assert_eq!(again, text);
         write_opts(dir.path(), &args[..1]).expect("write");
         let text = fs::read_to_string(dir.path().join(OPTS_FILE_NAME)).expect("read");
         assert_eq!(text, "\n");
@@ -625,5 +671,17 @@ mod tests {
             read_newgtm(dir.path()).expect("newgtm"),
             NewGtm { host: Some("newhost".into()), port: Some(16003) }
         );
+    }
+
+    #[test]
+    fn effective_options_last_value_first_position() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(effective_options(&v(&["-D", "/a", "-p", "1", "-D", "/b"])), v(&["-D", "/b", "-p", "1"]));
+        assert_eq!(effective_options(&v(&["-D/a", "-i", "x", "-ix2"])), v(&["-D", "/a", "-i", "x2"]));
+        assert_eq!(effective_options(&v(&[])), v(&[]));
+        // Not options as expected: written as given.
+        for odd in [&["-D"][..], &["-q", "1"][..], &["check", "-D", "/d"][..], &["-"][..]] {
+            assert_eq!(effective_options(&v(odd)), v(odd), "{odd:?}");
+        }
     }
 }
