@@ -221,6 +221,16 @@ pub fn read_pid(data_dir: &Path) -> Result<i32, ControlError> {
     read_pid_file(&data_dir.join(PID_FILE_NAME))
 }
 
+/// The pid of the proxy running in `data_dir`: [`ControlError::NoPidFile`] or
+/// [`ControlError::NotRunning`] when there is none.
+pub fn running_pid(data_dir: &Path) -> Result<i32, ControlError> {
+    let pid = read_pid(data_dir)?;
+    if !process_alive(pid) {
+        return Err(ControlError::NotRunning { pid });
+    }
+    Ok(pid)
+}
+
 /// Write `DIR/gtm_proxy.opts` as XL 10 does: `args` is the whole command line
 /// (`std::env::args()`); the program path `args[0]` is skipped, and each other argument is
 /// written as ` "arg"` (no escaping), followed by a newline.
@@ -238,6 +248,20 @@ pub fn write_opts(data_dir: &Path, args: &[String]) -> Result<(), ControlError> 
     text.push('\n');
     let path = data_dir.join(OPTS_FILE_NAME);
     fs::write(&path, text).map_err(io_err("write", &path))
+}
+
+/// The arguments saved in `DIR/gtm_proxy.opts` (the running proxy's command line);
+/// empty if there is no such file.
+pub fn read_opts(data_dir: &Path) -> Result<Vec<String>, ControlError> {
+    let text = read_small(&data_dir.join(OPTS_FILE_NAME))?.unwrap_or_default();
+    Ok(parse_opts(&text))
+}
+
+/// The arguments of an opts line: ` "arg"` each, no escaping, so every second piece
+/// between double quotes.
+pub fn parse_opts(text: &str) -> Vec<String> {
+    let line = text.lines().next().unwrap_or("");
+    line.split('"').skip(1).step_by(2).map(str::to_string).collect()
 }
 
 /// Options of the proxy that take a value (all of them do).
@@ -683,5 +707,16 @@ mod tests {
         for odd in [&["-D"][..], &["-q", "1"][..], &["check", "-D", "/d"][..], &["-"][..]] {
             assert_eq!(effective_options(&v(odd)), v(odd), "{odd:?}");
         }
+    }
+
+    #[test]
+    fn opts_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read_opts(dir.path()).expect("no file"), Vec::<String>::new());
+        let args: Vec<String> =
+            ["gtm_proxy", "-D", "/d ir", "-i", "", "-p", "0"].iter().map(|s| s.to_string()).collect();
+        write_opts(dir.path(), &args).expect("write");
+        assert_eq!(read_opts(dir.path()).expect("read"), args[1..].to_vec());
+        assert_eq!(parse_opts(" \"-D\" \"x\"\n\"-i\""), vec!["-D", "x"]);
     }
 }

@@ -7,4 +7,5 @@ pub mod control;
 pub mod logging;
 pub mod proxy;
 pub mod sim;
+pub mod status;
 pub mod timers;

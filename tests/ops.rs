@@ -433,3 +433,36 @@ fn systemd_notify_ready_watchdog_and_stopping() {
     assert_eq!(p.wait_exit(WAIT), Some(0));
     assert_eq!(seen.matches("READY=1").count(), 1, "{seen}");
 }
+
+/// A loopback port free at the time of the call.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+#[test]
+fn status_summarizes_the_running_proxy() {
+    let gtm = gtm();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let d = dir.to_str().expect("utf-8 path");
+    std::fs::write(dir.join("gtm_proxy.conf"), format!("metrics_port = {}\n", free_port())).expect("conf");
+    let out = run_proxy(&["status", "-D", d]);
+    assert_eq!(out.status.code(), Some(1), "nothing runs yet");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no server running"));
+
+    let mut p = spawn_proxy(&proxy_args(&dir, gtm.addr));
+    let addr = wait_listening(&mut p, &dir.join("gtm_proxy.port"));
+    let _backend = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+    // The running proxy's options come from gtm_proxy.opts (-h, -i, -s, -t), so the
+    // metrics endpoint is found on 127.0.0.1.
+    let said = eventually(WAIT, "a status with the link up and one backend", || {
+        let out = run_proxy(&["status", "-D", d]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code() == Some(0) && text.contains("GTM links up: 1 of 1") && text.contains("backends: 1;"))
+            .then_some(text)
+    });
+    assert!(said.contains(&format!("server is running (PID: {})", p.pid())), "{said}");
+    assert!(said.contains(&format!("listening on {addr}")), "{said}");
+    stop_fast(&mut p);
+    assert_eq!(run_proxy(&["status", "-D", d]).status.code(), Some(1));
+}

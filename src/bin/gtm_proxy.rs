@@ -3,6 +3,7 @@
 //! Usage as XL's: `gtm_proxy -D DIR [-h ADDR] [-p PORT] [-s GTM_HOST] [-t GTM_PORT]
 //! [-i NAME] [-n WORKERS] [-l LOGFILE]` (an option given twice takes its last value).
 //! Extras: `gtm_proxy check -D DIR [options]` validates the configuration and exits;
+//! `gtm_proxy status -D DIR` summarizes the running proxy;
 //! `gtm_proxy reconnect -D DIR -s HOST -t PORT` does what `gtm_ctl reconnect -Z gtm_proxy`
 //! does; `--version`.
 
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use gtmproxy::config::{CommandLine, Config, ProxyArgs, ReconnectArgs, SubCommand};
 use gtmproxy::logging::{self, Destination};
-use gtmproxy::{control, xlog};
+use gtmproxy::{control, status, xlog};
 
 fn main() -> ExitCode {
     // gtm_ctl starts the proxy with descriptors 0-2 closed; without this the first
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     match cl.command {
         Some(SubCommand::Reconnect(r)) => reconnect(&r),
         Some(SubCommand::Check(args)) => check(&args),
+        Some(SubCommand::Status(args)) => status(&args),
         None => start(&cl.args, &argv),
     }
 }
@@ -88,6 +90,39 @@ fn check(args: &ProxyArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `gtm_proxy status`: is a proxy running in DIR, and how is it doing.
+fn status(args: &ProxyArgs) -> ExitCode {
+    let Some(dir) = &args.data_dir else { return ExitCode::from(1) };
+    let pid = match control::running_pid(dir) {
+        Ok(pid) => pid,
+        Err(e) => {
+            eprintln!("gtm_proxy: no server running: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // The running proxy's own options (gtm_proxy.opts), then those given here.
+    let saved = control::read_opts(dir).ok().and_then(|o| ProxyArgs::parse_options(&o).ok()).unwrap_or_default();
+    let cfg = match load(&saved.overridden_by(args)) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("gtm_proxy: server is running (PID: {pid}); its configuration does not load now: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let listening = std::fs::read_to_string(dir.join(gtmproxy::proxy::PORT_FILE_NAME)).ok();
+    let figures = match status::metrics_addr(&cfg) {
+        None => Err("metrics_port is 0 (set it to see live figures)".to_string()),
+        Some(addr) => status::fetch_metrics(addr)
+            .map(|text| status::Figures::parse(&text))
+            .map_err(|e| format!("metrics endpoint {addr}: {e}")),
+    };
+    print!(
+        "{}",
+        status::render(pid, &cfg, listening.as_deref().map(str::trim), figures.as_ref().map_err(Clone::clone))
+    );
+    ExitCode::SUCCESS
 }
 
 fn reconnect(args: &ReconnectArgs) -> ExitCode {

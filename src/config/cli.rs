@@ -1,6 +1,6 @@
 //! The `gtm_proxy` command line: XL 10's options (one struct, [`ProxyArgs`], used both to
-//! start the proxy and as the overrides of `gtm_proxy.conf`), plus the `check` and
-//! `reconnect` subcommands.
+//! start the proxy and as the overrides of `gtm_proxy.conf`), plus the `check`, `status`
+//! and `reconnect` subcommands.
 //!
 //! As with XL's getopt, an option given twice takes its last value: `gtm_ctl restart`
 //! runs `gtm_proxy -D DIR` followed by the saved `gtm_proxy.opts` line, which repeats `-D`.
@@ -39,6 +39,28 @@ pub struct ProxyArgs {
     pub log_file: Option<String>,
 }
 
+impl ProxyArgs {
+    /// These options with each one `over` sets replaced by its value there.
+    pub fn overridden_by(&self, over: &ProxyArgs) -> ProxyArgs {
+        ProxyArgs {
+            data_dir: over.data_dir.clone().or_else(|| self.data_dir.clone()),
+            listen_addresses: over.listen_addresses.clone().or_else(|| self.listen_addresses.clone()),
+            port: over.port.or(self.port),
+            gtm_host: over.gtm_host.clone().or_else(|| self.gtm_host.clone()),
+            gtm_port: over.gtm_port.or(self.gtm_port),
+            nodename: over.nodename.clone().or_else(|| self.nodename.clone()),
+            worker_threads: over.worker_threads.or(self.worker_threads),
+            log_file: over.log_file.clone().or_else(|| self.log_file.clone()),
+        }
+    }
+
+    /// Parse bare options (no program name, no subcommand), as saved in `gtm_proxy.opts`.
+    pub fn parse_options(opts: &[String]) -> Result<ProxyArgs, clap::Error> {
+        let cl = CommandLine::try_parse_from(std::iter::once("gtm_proxy").chain(opts.iter().map(String::as_str)))?;
+        Ok(cl.args)
+    }
+}
+
 /// The whole `gtm_proxy` command line.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
 #[command(
@@ -67,6 +89,9 @@ pub enum SubCommand {
     /// Validate DIR/gtm_proxy.conf and the options without starting; exit 1 on error
     #[command(disable_help_flag = true, args_override_self = true)]
     Check(ProxyArgs),
+    /// Summarize the proxy running in DIR (live figures need metrics_port); exit 1 if none runs
+    #[command(disable_help_flag = true, args_override_self = true)]
+    Status(ProxyArgs),
     /// Order the proxy running in DIR to move to another GTM (as gtm_ctl reconnect)
     #[command(disable_help_flag = true, args_override_self = true)]
     Reconnect(ReconnectArgs),
@@ -97,7 +122,7 @@ impl CommandLine {
         let cl = CommandLine::try_parse_from(argv)?;
         let missing_dir = match &cl.command {
             None => cl.args.data_dir.is_none(),
-            Some(SubCommand::Check(a)) => a.data_dir.is_none(),
+            Some(SubCommand::Check(a)) | Some(SubCommand::Status(a)) => a.data_dir.is_none(),
             Some(SubCommand::Reconnect(_)) => false,
         };
         if missing_dir {
@@ -164,6 +189,8 @@ mod tests {
         assert!(e.to_string().contains("-D"), "{e}");
         assert!(parse(&["-i", "x"]).is_err());
         assert!(parse(&["check"]).is_err());
+        assert!(parse(&["status"]).is_err());
+        assert!(matches!(parse(&["status", "-D", "/d"]).map(|c| c.command), Ok(Some(SubCommand::Status(_)))));
         assert!(parse(&["reconnect", "-s", "h"]).is_err(), "reconnect needs -D too");
     }
 
@@ -191,10 +218,22 @@ mod tests {
             assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
         }
         let help = CommandLine::command().render_help().to_string();
-        assert!(help.contains("reconnect") && help.contains("check"), "{help}");
+        assert!(help.contains("reconnect") && help.contains("check") && help.contains("status"), "{help}");
         let e = parse(&["--version"]).expect_err("version");
         assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
         assert!(parse(&["check", "--help"]).is_err());
+    }
+
+    #[test]
+    fn override_and_saved_options() {
+        let saved =
+            ProxyArgs::parse_options(&["-D".into(), "/d".into(), "-i".into(), "px".into(), "-p".into(), "7".into()])
+                .expect("parses");
+        let over = ProxyArgs { port: Some(8), data_dir: Some("/d".into()), ..Default::default() };
+        let m = saved.overridden_by(&over);
+        assert_eq!((m.nodename.as_deref(), m.port), (Some("px"), Some(8)));
+        assert_eq!(ProxyArgs::default().overridden_by(&ProxyArgs::default()), ProxyArgs::default());
+        assert!(ProxyArgs::parse_options(&["-w".into()]).is_err());
     }
 
     #[test]
