@@ -466,3 +466,32 @@ fn status_summarizes_the_running_proxy() {
     stop_fast(&mut p);
     assert_eq!(run_proxy(&["status", "-D", d]).status.code(), Some(1));
 }
+
+#[test]
+fn a_planned_reconnect_logs_at_log_and_is_not_a_link_failure() {
+    let gtm1 = gtm();
+    let gtm2 = gtm();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let d = dir.to_str().expect("utf-8 path");
+    // LOG shows at ERROR; the ERROR a failure would log shows too.
+    std::fs::write(dir.join("gtm_proxy.conf"), format!("metrics_port = {}\nlog_min_messages = ERROR\n", free_port()))
+        .expect("conf");
+    let mut p = spawn_proxy(&proxy_args(&dir, gtm1.addr));
+    wait_listening(&mut p, &dir.join("gtm_proxy.port"));
+    let status = || String::from_utf8_lossy(&run_proxy(&["status", "-D", d]).stdout).into_owned();
+    eventually(WAIT, "the first link", || status().contains("GTM links up: 1 of 1").then_some(()));
+    let out = run_proxy(&["reconnect", "-D", d, "-s", "127.0.0.1", "-t", &gtm2.addr.port().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let moved = format!("replayed on 127.0.0.1:{}", gtm2.addr.port());
+    eventually(WAIT, "the reconnect line", || read(&dir.join("gtm_proxy.log")).contains(&moved).then_some(()));
+    let said = eventually(WAIT, "the new link", || {
+        let s = status();
+        s.contains("GTM links up: 1 of 1").then_some(s)
+    });
+    assert!(said.contains("GTM link failures: 0"), "{said}");
+    let log = read(&dir.join("gtm_proxy.log"));
+    assert!(log.contains(" LOG:  worker 0: leaving the GTM link on a reconnect order"), "{log}");
+    assert!(!log.contains(" ERROR:  "), "a planned reconnect is not an error: {log}");
+    stop_fast(&mut p);
+}

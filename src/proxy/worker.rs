@@ -861,7 +861,14 @@ impl Worker {
         let was = self.up.state;
         self.up.close(self.poll.registry());
         let owed = self.up.fifo.len();
-        if was == LinkState::Ready {
+        if was == LinkState::Ready && ordered {
+            crate::xlog!(
+                LOG,
+                "worker {}: leaving the GTM link on a reconnect order; {owed} requests in flight will be replayed on {}",
+                self.id,
+                self.up.addr_string()
+            );
+        } else if was == LinkState::Ready {
             self.stats.link_failures.fetch_add(1, Ordering::Relaxed);
             error!(
                 "worker {}: GTM link {} lost: {err}; {owed} requests in flight will be replayed, {} held",
