@@ -93,9 +93,14 @@ struct Gtm {
 }
 
 fn gtm() -> Gtm {
+    gtm_on(0)
+}
+
+/// A GTM simulator on `port` (0: any free port).
+fn gtm_on(port: u16) -> Gtm {
     let dir = tempfile::tempdir().expect("tempdir");
     let child = Command::new(env!("CARGO_BIN_EXE_gtm_sim"))
-        .args(["-h", "127.0.0.1", "-p", "0", "-D"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-D"])
         .arg(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -494,4 +499,37 @@ fn a_planned_reconnect_logs_at_log_and_is_not_a_link_failure() {
     assert!(log.contains(" LOG:  worker 0: leaving the GTM link on a reconnect order"), "{log}");
     assert!(!log.contains(" ERROR:  "), "a planned reconnect is not an error: {log}");
     stop_fast(&mut p);
+}
+
+#[test]
+fn starts_without_the_gtm_and_connects_once_it_is_up() {
+    let gtm_port = free_port();
+    let gtm_addr: SocketAddr = format!("127.0.0.1:{gtm_port}").parse().expect("addr");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let d = dir.to_str().expect("utf-8 path");
+    let conf = format!("metrics_port = {}\ngtm_connect_retry_interval = 200ms\nlog_min_messages = INFO\n", free_port());
+    std::fs::write(dir.join("gtm_proxy.conf"), &conf).expect("conf");
+    let mut p = spawn_proxy(&proxy_args(&dir, gtm_addr));
+    let addr = wait_listening(&mut p, &dir.join("gtm_proxy.port"));
+    TcpStream::connect_timeout(&addr, WAIT).expect("accepts while the GTM is down");
+    let status = || String::from_utf8_lossy(&run_proxy(&["status", "-D", d]).stdout).into_owned();
+    eventually(WAIT, "a status with no link", || status().contains("GTM links up: 0 of 1").then_some(()));
+    assert!(read(&dir.join("gtm_proxy.log")).contains("listening anyway"));
+
+    let _gtm = gtm_on(gtm_port);
+    eventually(WAIT, "the link once the GTM listens", || status().contains("GTM links up: 1 of 1").then_some(()));
+    eventually(WAIT, "the registration", || {
+        read(&dir.join("gtm_proxy.log")).contains("registered as GTM proxy \"ops_proxy\"").then_some(())
+    });
+    stop_fast(&mut p);
+
+    // gtm_required_at_start = on keeps XL's behaviour: exit at once.
+    let tmp2 = tempfile::tempdir().expect("tempdir");
+    std::fs::write(tmp2.path().join("gtm_proxy.conf"), "gtm_required_at_start = on\n").expect("conf");
+    let down: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut q = spawn_proxy(&proxy_args(tmp2.path(), down));
+    assert_eq!(q.wait_exit(WAIT), Some(1));
+    assert!(read(&tmp2.path().join("gtm_proxy.log")).contains(" FATAL:  "));
+    assert!(!tmp2.path().join("gtm_proxy.pid").exists());
 }

@@ -66,6 +66,7 @@ keys! {
     max_backends: Reload,
     backend_output_limit: Reload,
     metrics_port: Restart,
+    gtm_required_at_start: Restart,
 }
 
 /// Keys accepted in the file but without a [`Config`] field.
@@ -187,7 +188,7 @@ mod tests {
         assert_eq!(takes("KEEPALIVES_IDLE"), Some(Takes::Reload));
         assert_eq!(takes("worker_threads"), Some(Takes::Restart));
         assert_eq!(takes("nonsense"), None);
-        assert_eq!(all_keys().count(), 28);
+        assert_eq!(all_keys().count(), 29);
     }
 
     #[test]

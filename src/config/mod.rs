@@ -124,7 +124,8 @@ pub use crate::logging::{LogLevel, ParseLogLevelError};
 /// `err_wait_interval`.
 ///
 /// Extensions of this proxy: `hold_max_requests`, `hold_timeout`, `upstream_timeout`,
-/// `batch_max`, `max_backends`, `backend_output_limit`, `metrics_port`.
+/// `batch_max`, `max_backends`, `backend_output_limit`, `metrics_port`,
+/// `gtm_required_at_start`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Node name used for registration and in startup packets (required; may be empty;
@@ -183,6 +184,9 @@ pub struct Config {
     pub backend_output_limit: usize,
     /// Extension: Prometheus metrics port, `GET /metrics` on the first listen address (default 0 = off).
     pub metrics_port: u16,
+    /// Extension: exit at start when the GTM cannot be reached, as XL does (default off:
+    /// listen at once and keep trying the GTM).
+    pub gtm_required_at_start: bool,
 }
 
 /// TCP keepalive settings (`keepalives_*`); 0 keeps the OS default for that parameter.
@@ -232,6 +236,7 @@ impl Config {
             max_backends: 20_000,
             backend_output_limit: 1 << 20,
             metrics_port: 0,
+            gtm_required_at_start: false,
         }
     }
 
@@ -372,6 +377,7 @@ impl Builder {
             "max_backends" => c.max_backends = parse_int(value, 1, 1_000_000)? as usize,
             "backend_output_limit" => c.backend_output_limit = parse_bytes(value)? as usize,
             "metrics_port" => c.metrics_port = parse_port(value, 0)?,
+            "gtm_required_at_start" => c.gtm_required_at_start = parse_bool(value)?,
             _ => return Err(SetError::Unknown),
         }
         Ok(())
@@ -501,6 +507,15 @@ fn parse_quoted(body: &str) -> Option<(String, &str)> {
 /// The start of `s`, for error messages.
 fn excerpt(s: &str) -> String {
     s.chars().take(32).collect()
+}
+
+/// PostgreSQL's boolean spellings: on/off, true/false, yes/no, 1/0 (any case).
+fn parse_bool(value: &str) -> Result<bool, SetError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(SetError::Invalid("expected on or off".to_string())),
+    }
 }
 
 fn parse_nonempty(value: &str) -> Result<String, SetError> {

@@ -420,3 +420,14 @@ fn misspelt_key_gets_a_suggestion() {
         "gtm_proxy.conf:4: unrecognized configuration parameter \"gtm_prot\" (did you mean \"gtm_port\"?)"
     );
 }
+
+#[test]
+fn gtm_required_at_start_is_a_boolean() {
+    assert!(!parse_ok("").gtm_required_at_start);
+    for (v, want) in
+        [("on", true), ("TRUE", true), ("yes", true), ("1", true), ("off", false), ("No", false), ("0", false)]
+    {
+        assert_eq!(parse_ok(&format!("gtm_required_at_start = {v}")).gtm_required_at_start, want, "{v}");
+    }
+    assert!(matches!(parse_err("gtm_required_at_start = maybe"), ConfigError::InvalidValue { .. }));
+}

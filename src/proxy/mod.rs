@@ -93,7 +93,14 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
         data_dir: std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).to_string_lossy().into_owned(),
     };
     let mut gtm = (cfg.gtm_host.clone(), cfg.gtm_port);
-    let mut reg = Some(RegLink::register(&gtm.0, gtm.1, &me)?);
+    let mut reg = match RegLink::register(&gtm.0, gtm.1, &me) {
+        Ok(r) => Some(r),
+        Err(e) if !cfg.gtm_required_at_start => {
+            warn!("cannot register on GTM {}:{} at start: {e}; listening anyway, retrying the GTM", gtm.0, gtm.1);
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let mut cfg = Arc::new(cfg);
     let high = Arc::new(ledger::HighWater::default());
@@ -120,6 +127,9 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
             .map_err(|e| ProxyError::Listen(addr.to_string(), e))?;
     }
     let main_waker = Arc::new(Waker::new(poll.registry(), MAIN_WAKER).map_err(|e| ProxyError::Io("waker", e))?);
+    let (reg_tx, reg_rx) = unbounded();
+    let mut reg_retry =
+        reg.is_none().then(|| retry_registration(gtm.clone(), me.clone(), &cfg, reg_tx.clone(), main_waker.clone()));
     let signals = spawn_signal_thread(main_waker)?;
     write_port_file(&data_dir, bound);
     control::notify_ready();
@@ -140,6 +150,15 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
         }
         for ev in events.iter() {
             if ev.token() == MAIN_WAKER {
+                while let Ok((to, r)) = reg_rx.try_recv() {
+                    // A registration from before a reconnect order is stale.
+                    if to == gtm && reg.is_none() {
+                        reg = Some(r);
+                        reg_retry = None;
+                    } else {
+                        r.close();
+                    }
+                }
                 while let Ok(sig) = signals.try_recv() {
                     match sig {
                         signal_hook::consts::SIGTERM => stop = Some(StopMode::Smart),
@@ -165,6 +184,9 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
                                 );
                                 if let Some(r) = reg.take() {
                                     r.close();
+                                }
+                                if let Some(cancel) = reg_retry.take() {
+                                    cancel.store(true, Ordering::Relaxed);
                                 }
                                 match RegLink::register(&to.0, to.1, &me) {
                                     Ok(r) => reg = Some(r),
@@ -283,6 +305,42 @@ fn reload(cur: &Config, cli: &ProxyArgs, data_dir: &Path) -> Option<Config> {
         if r.applied.is_empty() { "none".to_string() } else { r.applied.join(", ") }
     );
     Some(r.config)
+}
+
+/// The GTM was not reachable at start: register from a helper thread, every
+/// `gtm_connect_retry_interval`, until it works or the returned flag is set. The link
+/// reaches the main loop through `tx` (with the GTM it was made to) and a wake-up.
+fn retry_registration(
+    gtm: (String, u16),
+    me: Identity,
+    cfg: &Config,
+    tx: Sender<((String, u16), RegLink)>,
+    waker: Arc<Waker>,
+) -> Arc<std::sync::atomic::AtomicBool> {
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = cancel.clone();
+    let interval = cfg.gtm_connect_retry_interval.max(std::time::Duration::from_millis(100));
+    let spawned = std::thread::Builder::new().name("gtm_proxy registration".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(interval);
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match RegLink::register(&gtm.0, gtm.1, &me) {
+                Ok(r) => {
+                    if tx.send((gtm, r)).is_ok() {
+                        let _ = waker.wake();
+                    }
+                    break;
+                }
+                Err(e) => log::debug!("registration on GTM {}:{} failed again: {e}", gtm.0, gtm.1),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        error!("cannot start the registration retry thread: {e}");
+    }
+    cancel
 }
 
 /// Read `newgtm`; a bad or missing file is logged and ignored.
