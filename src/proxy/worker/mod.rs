@@ -296,6 +296,7 @@ impl Worker {
                 }
                 Control::Reload(cfg) => {
                     self.failover.policy = Policy::from_config(&cfg);
+                    self.up.set_keepalive(super::keepalive_of(&cfg));
                     self.cfg = cfg;
                     info!("worker {}: configuration reloaded", self.id);
                 }
