@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod driver;
+pub mod embedded;
 pub mod report;
 pub mod spawn;
 pub mod stats;
@@ -27,8 +28,9 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use driver::{LoopConfig, Shared, Worker};
+use embedded::Role;
 use report::{CpuReport, CpuUse, Report};
-use spawn::{SpawnError, Spawned, TempDir};
+use spawn::{DataDir, Process, Program, SpawnError};
 use stats::Stats;
 
 /// Everything a run needs. `Default` gives the CLI defaults.
@@ -118,8 +120,6 @@ pub enum BenchError {
     Usage(String),
     #[error("cannot resolve {host}:{port}: {detail}")]
     Resolve { host: String, port: u16, detail: String },
-    #[error("cannot locate {name}: {source}")]
-    Locate { name: &'static str, source: std::io::Error },
     #[error(transparent)]
     Spawn(#[from] SpawnError),
     #[error("cannot start loop thread: {0}")]
@@ -134,8 +134,8 @@ pub enum BenchError {
 /// (killed) first.
 #[derive(Default)]
 struct Children {
-    sim: Option<Spawned>,
-    proxy: Option<Spawned>,
+    sim: Option<Process>,
+    proxy: Option<Process>,
 }
 
 impl Drop for Children {
@@ -145,48 +145,32 @@ impl Drop for Children {
     }
 }
 
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, BenchError> {
+pub(crate) fn resolve(host: &str, port: u16) -> Result<SocketAddr, BenchError> {
     let err = |detail: String| BenchError::Resolve { host: host.to_owned(), port, detail };
     let mut addrs = (host, port).to_socket_addrs().map_err(|e| err(e.to_string()))?;
     addrs.next().ok_or_else(|| err("no address".into()))
 }
 
-fn binary(over: &Option<PathBuf>, name: &'static str) -> Result<PathBuf, BenchError> {
-    match over {
-        Some(p) => Ok(p.clone()),
-        None => spawn::sibling_binary(name).map_err(|source| BenchError::Locate { name, source }),
-    }
-}
-
 fn start_children(cfg: &Config, interrupted: &AtomicBool) -> Result<(Children, SocketAddr), BenchError> {
     let mut ch = Children::default();
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
     let mut gtm = if cfg.spawn_sim {
-        let bin = binary(&cfg.sim_bin, "gtm_sim")?;
-        let dir = TempDir::new("sim")?;
-        let mut args: Vec<String> = ["-h", "127.0.0.1", "-p", "0", "-D"].iter().map(|s| s.to_string()).collect();
-        args.push(dir.path().display().to_string());
-        args.extend(cfg.sim_args.iter().cloned());
-        let sim = Spawned::start("gtm_sim", &bin, dir, &args, interrupted)?;
-        let addr = sim.addr;
+        let program = Program::locate(cfg.sim_bin.as_deref(), Role::Sim);
+        let dir = DataDir::temporary("sim")?;
+        let addr = SocketAddr::new(loopback, spawn::free_port(loopback)?);
+        let args = spawn::sim_args(addr, dir.path(), &cfg.sim_args);
+        let sim = Process::start("gtm_sim", &program, &args, dir, addr, interrupted)?;
         ch.sim = Some(sim);
         addr
     } else {
         resolve(&cfg.host, cfg.port)?
     };
     if cfg.via_proxy {
-        let bin = binary(&cfg.proxy_bin, "gtm_proxy")?;
-        let dir = TempDir::new("proxy")?;
-        let mut args = vec!["-D".to_string(), dir.path().display().to_string()];
-        for a in ["-h", "127.0.0.1", "-p", "0", "-s"] {
-            args.push(a.into());
-        }
-        args.push(gtm.ip().to_string());
-        args.push("-t".into());
-        args.push(gtm.port().to_string());
-        args.push("-i".into());
-        args.push("bench_proxy".into());
-        args.extend(cfg.proxy_args.iter().cloned());
-        let proxy = Spawned::start("gtm_proxy", &bin, dir, &args, interrupted)?;
+        let program = Program::locate(cfg.proxy_bin.as_deref(), Role::Proxy);
+        let dir = DataDir::temporary("proxy")?;
+        let addr = SocketAddr::new(loopback, spawn::free_port(loopback)?);
+        let args = spawn::proxy_args(addr, gtm, dir.path(), &cfg.proxy_args);
+        let proxy = Process::start("gtm_proxy", &program, &args, dir, addr, interrupted)?;
         gtm = proxy.addr;
         ch.proxy = Some(proxy);
     }

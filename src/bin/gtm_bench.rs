@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use gtmproxy::bench::embedded::{self, Role};
 use gtmproxy::bench::{self, report, Config};
 
 #[derive(Debug, Parser)]
@@ -134,6 +135,13 @@ fn write_json(dest: &str, v: &serde_json::Value) -> std::io::Result<()> {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(role) = Role::from_args(&argv) {
+        // Re-run by ourselves as gtm_sim / gtm_proxy (see bench::embedded).
+        let mut rest = argv;
+        rest.remove(1);
+        return embedded::main(role, rest);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
     let cfg = match args.config() {
