@@ -6,12 +6,13 @@
 //! until the answer has been queued, which keeps every backend's answers in
 //! order even though grouping reorders requests across backends.
 
-use std::io::{self, Read, Write};
+use std::io;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use mio::net::TcpStream;
 
 use crate::codec::{ErrorFields, Request, StartupPacket};
+use crate::netio::{self, ReadOutcome};
 
 /// Size of a worker's shared read buffer.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -78,15 +79,6 @@ pub struct Backend {
     pub want_write: bool,
 }
 
-/// Outcome of draining a socket's readable data.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReadOutcome {
-    /// Data may be waiting still (paused) or the socket is drained.
-    Open,
-    /// The peer closed its side.
-    Eof,
-}
-
 impl Backend {
     pub fn new(sock: TcpStream, conn: i16, gen: u32) -> Self {
         Backend {
@@ -110,66 +102,18 @@ impl Backend {
 
     /// Read until the socket would block, EOF, or the input cap.
     pub fn read(&mut self, scratch: &mut [u8]) -> io::Result<ReadOutcome> {
-        read_into(&mut self.sock, &mut self.rbuf, scratch, READ_PAUSE, &mut self.read_paused)
+        let outcome = netio::read_into(&mut self.sock, &mut self.rbuf, scratch, READ_PAUSE, true)?;
+        self.read_paused = outcome == ReadOutcome::Full;
+        Ok(outcome)
     }
 
     /// Write as much buffered output as the socket takes. Ok(true) when all
     /// of it went out.
     pub fn flush(&mut self) -> io::Result<bool> {
-        write_from(&mut self.sock, &mut self.wbuf)
+        netio::write_from(&mut self.sock, &mut self.wbuf)
     }
 
     pub fn send_error(&mut self, severity: &str, message: &str) {
         crate::codec::encode_error(&mut self.wbuf, None, &ErrorFields::new(severity, message));
     }
-}
-
-/// Read from `sock` into `buf` until WouldBlock, EOF or `cap` bytes are
-/// buffered (then `paused` is set: the socket may still hold data, and with
-/// edge-triggered readiness the caller must come back by itself). Reads go
-/// through the worker's shared `scratch` so idle connections keep small
-/// buffers.
-pub fn read_into<R: Read>(
-    sock: &mut R,
-    buf: &mut BytesMut,
-    scratch: &mut [u8],
-    cap: usize,
-    paused: &mut bool,
-) -> io::Result<ReadOutcome> {
-    *paused = false;
-    loop {
-        if buf.len() >= cap {
-            *paused = true;
-            return Ok(ReadOutcome::Open);
-        }
-        match sock.read(scratch) {
-            Ok(0) => return Ok(ReadOutcome::Eof),
-            Ok(n) => {
-                buf.extend_from_slice(&scratch[..n]);
-                if n < scratch.len() {
-                    // A short read emptied the socket buffer; new data will
-                    // raise a new readiness edge. Saves a read that would
-                    // only say WouldBlock.
-                    return Ok(ReadOutcome::Open);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Open),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Write `buf` to `sock` until done or WouldBlock. Ok(true) when empty.
-pub fn write_from<W: Write>(sock: &mut W, buf: &mut BytesMut) -> io::Result<bool> {
-    while !buf.is_empty() {
-        match sock.write(buf) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
-            Ok(n) => buf.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }

@@ -15,10 +15,10 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use super::backend::{read_into, write_from, ReadOutcome};
 use super::batch::Pending;
 use crate::codec::types::node_type;
 use crate::codec::StartupPacket;
+use crate::netio::{self, Keepalive, ReadOutcome};
 
 /// The GTM's frames are at most ~64 KiB; this bounds one read burst.
 const UPSTREAM_READ_CAP: usize = 4 << 20;
@@ -68,10 +68,11 @@ pub struct Upstream {
     read_paused: bool,
     /// When the current connection attempt started.
     pub attempt_started: Instant,
+    keepalive: Keepalive,
 }
 
 impl Upstream {
-    pub fn new(host: String, port: u16, node_name: String) -> Self {
+    pub fn new(host: String, port: u16, node_name: String, keepalive: Keepalive) -> Self {
         Upstream {
             host,
             port,
@@ -85,6 +86,7 @@ impl Upstream {
             node_name,
             read_paused: false,
             attempt_started: Instant::now(),
+            keepalive,
         }
     }
 
@@ -109,7 +111,7 @@ impl Upstream {
         let mut sock = TcpStream::connect(addr).map_err(|e| LinkError::Connect(addr, e))?;
         registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
         let _ = sock.set_nodelay(true);
-        crate::proxy::net::set_keepalive(&sock);
+        netio::set_keepalive(&sock, self.keepalive);
         self.sock = Some(sock);
         self.state = LinkState::Connecting;
         self.attempt_started = Instant::now();
@@ -152,7 +154,7 @@ impl Upstream {
             return Ok(());
         }
         if let Some(sock) = self.sock.as_mut() {
-            write_from(sock, &mut self.wbuf)?;
+            netio::write_from(sock, &mut self.wbuf)?;
         }
         Ok(())
     }
@@ -164,13 +166,14 @@ impl Upstream {
             return Ok(());
         }
         let before = self.rbuf.len();
-        let outcome = read_into(sock, &mut self.rbuf, scratch, UPSTREAM_READ_CAP, &mut self.read_paused)?;
+        let outcome = netio::read_into(sock, &mut self.rbuf, scratch, UPSTREAM_READ_CAP, true)?;
+        self.read_paused = outcome == ReadOutcome::Full;
         if self.rbuf.len() > before {
             self.last_read = Instant::now();
         }
         match outcome {
             ReadOutcome::Eof => Err(LinkError::Eof),
-            ReadOutcome::Open => Ok(()),
+            ReadOutcome::Drained | ReadOutcome::Full => Ok(()),
         }
     }
 

@@ -18,7 +18,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::backend::{Backend, Peer, Phase, ReadOutcome, READ_CHUNK, READ_PAUSE};
+use super::backend::{Backend, Peer, Phase, READ_CHUNK, READ_PAUSE};
 use super::batch::{split_answer, Answer, Batcher, Forward, Pending, Route};
 use super::failover::{Action, Failover, Policy};
 use super::ids::{ConnIds, Released};
@@ -27,6 +27,7 @@ use super::upstream::{LinkError, LinkState, Upstream};
 use crate::codec::frame::{self, TAG_CLOSE, TAG_COMMAND, TAG_STARTUP};
 use crate::codec::{ClientFrame, ErrorFields, MsgType, Request, ResultType, ServerFrame, StartupPacket};
 use crate::config::Config;
+use crate::netio::ReadOutcome;
 use crate::timers::{TimerId, Timers};
 
 const WAKER: Token = Token(0);
@@ -140,7 +141,7 @@ impl Worker {
     ) -> std::io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let up = Upstream::new(cfg.gtm_host.clone(), cfg.gtm_port, cfg.nodename.clone());
+        let up = Upstream::new(cfg.gtm_host.clone(), cfg.gtm_port, cfg.nodename.clone(), super::keepalive_of(&cfg));
         let policy = Policy::from_config(&cfg);
         let w = Worker {
             id,
@@ -311,7 +312,7 @@ impl Worker {
         }
         if readable {
             match b.read(&mut self.scratch) {
-                Ok(ReadOutcome::Open) => {}
+                Ok(ReadOutcome::Drained | ReadOutcome::Full) => {}
                 Ok(ReadOutcome::Eof) => b.closing = true,
                 Err(e) => {
                     debug!("worker {}: backend {key} read error: {e}", self.id);
@@ -366,7 +367,7 @@ impl Worker {
         if b.read_paused && b.rbuf.len() < READ_PAUSE {
             // Edge-triggered: nothing will tell us the socket still has data.
             match b.read(&mut self.scratch) {
-                Ok(ReadOutcome::Open) => {}
+                Ok(ReadOutcome::Drained | ReadOutcome::Full) => {}
                 Ok(ReadOutcome::Eof) | Err(_) => b.closing = true,
             }
             if !b.busy && !b.rbuf.is_empty() && !b.queued {
