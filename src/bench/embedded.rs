@@ -102,7 +102,15 @@ fn run_sim(args: Vec<OsString>) -> Result<(), String> {
     }
     let handle = server.shutdown_handle();
     on_stop_signal(move || handle.shutdown())?;
-    log::info!("embedded gtm_sim listening on {addr}");
+    // As gtm_sim does: the bound address in DIR/gtm_sim.port, written whole
+    // (scripts wait for it before pointing a proxy here).
+    let bound = server.local_addr().map_err(|e| e.to_string())?;
+    let port_file = a.data_dir.join("gtm_sim.port");
+    let tmp = a.data_dir.join("gtm_sim.port.tmp");
+    std::fs::write(&tmp, format!("{bound}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &port_file))
+        .map_err(|e| format!("cannot write {}: {e}", port_file.display()))?;
+    log::info!("embedded gtm_sim listening on {bound}");
     match server.run() {
         Ok(()) => Ok(()),
         Err(ServerError::WouldCrash(e)) => {
@@ -113,9 +121,30 @@ fn run_sim(args: Vec<OsString>) -> Result<(), String> {
     }
 }
 
+/// `gtm_proxy reconnect -D DIR -s HOST -t PORT`: what `gtm_ctl reconnect -Z gtm_proxy` does.
+#[derive(Debug, Parser)]
+#[command(name = "gtm_proxy reconnect")]
+struct ReconnectArgs {
+    #[arg(short = 'D')]
+    data_dir: PathBuf,
+    #[arg(short = 's')]
+    host: Option<String>,
+    #[arg(short = 't')]
+    port: Option<u16>,
+}
+
 fn run_proxy(mut args: Vec<OsString>) -> Result<(), String> {
     if let Some(a0) = args.first_mut() {
         *a0 = "gtm_proxy".into();
+    }
+    if args.get(1).is_some_and(|a| a == "reconnect") {
+        let r = ReconnectArgs::try_parse_from(&args[1..]).map_err(|e| e.to_string())?;
+        let mut opts = Vec::new();
+        opts.extend(r.host.map(|h| format!("-s {h}")));
+        opts.extend(r.port.map(|p| format!("-t {p}")));
+        let pid = crate::control::send_reconnect(&r.data_dir, &opts.join(" ")).map_err(|e| e.to_string())?;
+        eprintln!("gtm_proxy: reconnect order sent to PID {pid}");
+        return Ok(());
     }
     let argv: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let pa = ProxyArgs::try_parse_from(&argv).map_err(|e| e.to_string())?;

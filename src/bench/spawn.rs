@@ -4,7 +4,7 @@
 //! The bench picks a free port itself, passes it with `-p`, and waits until
 //! the port accepts TCP connections: no extension of ours (`-p 0`, port
 //! files) is needed from the child. Its stdout and stderr go to
-//! `<name>.out` in its data directory. [`Process`] stops the child (SIGTERM,
+//! `<name>.out` in its data directory. [`Process`] stops the child (SIGINT,
 //! then SIGKILL) and removes a temporary data directory when dropped, so
 //! every exit path of the bench cleans up; PR_SET_PDEATHSIG covers the bench
 //! itself being killed.
@@ -24,7 +24,7 @@ use super::embedded::Role;
 
 /// How long a child gets to accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a child gets to exit after SIGTERM before SIGKILL.
+/// How long a child gets to exit after SIGINT before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(3);
 /// Bytes of a failed child's output quoted in the error.
 const LOG_TAIL: u64 = 2048;
@@ -158,6 +158,7 @@ impl Drop for DataDir {
 #[derive(Debug)]
 pub struct Process {
     pub name: String,
+    program: Program,
     child: Child,
     dir: DataDir,
     /// Where it accepts connections.
@@ -184,7 +185,7 @@ impl Process {
         die_with_parent(&mut cmd);
         log::info!("starting {name}: {} {}", program.label(), args.join(" "));
         let child = cmd.spawn().map_err(start_err)?;
-        let mut p = Process { name: name.to_owned(), child, dir, addr };
+        let mut p = Process { name: name.to_owned(), program: program.clone(), child, dir, addr };
         p.wait_accepting(START_TIMEOUT, interrupted)?;
         log::info!("{name} (pid {}) accepts connections on {addr}", p.pid());
         Ok(p)
@@ -192,6 +193,17 @@ impl Process {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A shell command that starts another of the same daemon (add flags).
+    pub fn program_command(&self) -> String {
+        match &self.program {
+            Program::Path(p) => p.display().to_string(),
+            Program::Embedded(r) => {
+                let exe = std::env::current_exe().map(|e| e.display().to_string()).unwrap_or_default();
+                format!("{exe} {}", r.flag())
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -248,8 +260,10 @@ impl Process {
             return;
         }
         let pid = self.child.id() as libc::pid_t;
+        // SIGINT: a fast stop for XL's daemons and ours (SIGTERM is a smart
+        // stop for a proxy, which may wait on owed answers).
         // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        unsafe { libc::kill(pid, libc::SIGINT) };
         let deadline = Instant::now() + TERM_GRACE;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -257,7 +271,7 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        log::warn!("{} (pid {pid}) ignored SIGTERM for {:?}; killing it", self.name, TERM_GRACE);
+        log::warn!("{} (pid {pid}) ignored SIGINT for {:?}; killing it", self.name, TERM_GRACE);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
