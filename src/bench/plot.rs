@@ -37,7 +37,12 @@ pub fn write_svg(path: &Path, r: &RunReport, txn: &Latency) -> Result<(), String
         .caption("committed transactions per second (100 ms buckets; red: errors)", ("sans-serif", 14))
         .build_cartesian_2d(0.0..end_s, 0.0..max_tps)
         .map_err(|e| err(&e))?;
-    c.configure_mesh().x_desc("s").y_desc("txn/s").draw().map_err(|e| err(&e))?;
+    c.configure_mesh()
+        .x_desc("s")
+        .y_desc("txn/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(|e| err(&e))?;
     c.draw_series(LineSeries::new(tps, &BLUE)).map_err(|e| err(&e))?;
     c.draw_series(errs.iter().map(|&(t, _)| Rectangle::new([(t, 0.0), (t + bucket_s, max_tps * 0.03)], RED.filled())))
         .map_err(|e| err(&e))?;
@@ -52,7 +57,13 @@ pub fn write_svg(path: &Path, r: &RunReport, txn: &Latency) -> Result<(), String
         .caption("p99 request latency per 100 ms (ms)", ("sans-serif", 14))
         .build_cartesian_2d(0.0..end_s, 0.0..max_p99)
         .map_err(|e| err(&e))?;
-    c.configure_mesh().x_desc("s").y_desc("ms").draw().map_err(|e| err(&e))?;
+    let ms_decimals = if max_p99 >= 10.0 { 0 } else { 1 };
+    c.configure_mesh()
+        .x_desc("s")
+        .y_desc("ms")
+        .y_label_formatter(&|v| format!("{v:.ms_decimals$}"))
+        .draw()
+        .map_err(|e| err(&e))?;
     c.draw_series(LineSeries::new(p99, &MAGENTA)).map_err(|e| err(&e))?;
     if let Some(at) = event {
         c.draw_series(LineSeries::new(vec![(at, 0.0), (at, max_p99)], BLACK.stroke_width(2))).map_err(|e| err(&e))?;
