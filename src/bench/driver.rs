@@ -25,8 +25,8 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -35,6 +35,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::backend::{Backend, BackendError, ErrorKind, Op, Outcome};
+use super::shared::{LiveCounters, Shared, Window};
 use super::stats::Stats;
 use super::timeline::Timeline;
 use crate::codec::frame::DEFAULT_MAX_FRAME;
@@ -43,9 +44,6 @@ use crate::timers::{TimerId, Timers};
 
 /// Period of the timeout sweep (and the longest poll timeout).
 const SWEEP: Duration = Duration::from_millis(100);
-/// Margin between the window being decided and it opening, so every loop
-/// thread knows the window before its first countable answer.
-const WINDOW_SYNC: Duration = Duration::from_millis(10);
 /// Poll timeout while a thread waits to learn the window.
 const WINDOW_POLL: Duration = Duration::from_millis(1);
 /// First reconnect delay; doubles per attempt up to [`BACKOFF_MAX`].
@@ -84,128 +82,6 @@ pub struct LoopConfig {
     pub backends: usize,
     /// Keep a per-100 ms [`Timeline`] of the window.
     pub timeline: bool,
-}
-
-/// The measurement window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub start: Instant,
-    pub end: Instant,
-}
-
-impl Window {
-    fn contains(&self, t: Instant) -> bool {
-        t >= self.start && t < self.end
-    }
-}
-
-/// State shared by the loop threads and the coordinating thread.
-#[derive(Debug)]
-pub struct Shared {
-    stop: AtomicBool,
-    stop_reason: Mutex<Option<String>>,
-    stopped_at: OnceLock<Instant>,
-    errors: AtomicU64,
-    max_errors: u64,
-    ramping: AtomicUsize,
-    ramp_done_at: OnceLock<Instant>,
-    window: OnceLock<Window>,
-    warmup: Duration,
-    duration: Duration,
-    /// Set by SIGINT/SIGTERM.
-    interrupted: Arc<AtomicBool>,
-    /// When the first loop thread started (the ramp schedule's origin).
-    started: Instant,
-    /// Live counters for progress lines (whole run, not just the window).
-    pub live: LiveCounters,
-}
-
-/// Counters the coordinating thread reads while the run goes on.
-#[derive(Debug, Default)]
-pub struct LiveCounters {
-    pub committed: AtomicU64,
-    pub answered: AtomicU64,
-    pub latency_ns: AtomicU64,
-    pub established: AtomicU64,
-    pub errors: AtomicU64,
-}
-
-impl Shared {
-    pub fn new(
-        threads: usize,
-        warmup: Duration,
-        duration: Duration,
-        max_errors: u64,
-        interrupted: Arc<AtomicBool>,
-    ) -> Self {
-        Shared {
-            stop: AtomicBool::new(false),
-            stop_reason: Mutex::new(None),
-            stopped_at: OnceLock::new(),
-            errors: AtomicU64::new(0),
-            max_errors,
-            ramping: AtomicUsize::new(threads),
-            ramp_done_at: OnceLock::new(),
-            window: OnceLock::new(),
-            warmup,
-            duration,
-            interrupted,
-            started: Instant::now(),
-            live: LiveCounters::default(),
-        }
-    }
-
-    /// End the run early (first reason wins).
-    pub fn request_stop(&self, reason: &str) {
-        if !self.stop.swap(true, Ordering::SeqCst) {
-            let _ = self.stopped_at.set(Instant::now());
-            if let Ok(mut r) = self.stop_reason.lock() {
-                *r = Some(reason.to_owned());
-            }
-        }
-    }
-
-    pub fn should_stop(&self) -> bool {
-        if self.interrupted.load(Ordering::Relaxed) {
-            self.request_stop("interrupted");
-        }
-        self.stop.load(Ordering::Relaxed)
-    }
-
-    pub fn stop_reason(&self) -> Option<String> {
-        self.stop_reason.lock().ok().and_then(|r| r.clone())
-    }
-
-    pub fn stopped_at(&self) -> Option<Instant> {
-        self.stopped_at.get().copied()
-    }
-
-    pub fn window(&self) -> Option<Window> {
-        self.window.get().copied()
-    }
-
-    /// When the last loop thread finished its initial connects.
-    pub fn ramp_done_at(&self) -> Option<Instant> {
-        self.ramp_done_at.get().copied()
-    }
-
-    /// A loop thread finished its initial connects; the last one opens the window.
-    fn ramp_done(&self) {
-        if self.ramping.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let now = Instant::now();
-            let _ = self.ramp_done_at.set(now);
-            let start = now + WINDOW_SYNC + self.warmup;
-            let _ = self.window.set(Window { start, end: start + self.duration });
-        }
-    }
-
-    fn count_error(&self) {
-        self.live.errors.fetch_add(1, Ordering::Relaxed);
-        let n = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.max_errors > 0 && n >= self.max_errors {
-            self.request_stop(&format!("error limit reached ({n} errors)"));
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -807,26 +683,5 @@ mod tests {
         assert_eq!(record(&mut s, Some(w), b, t0 + Duration::from_millis(1999)), Next::Nothing);
         record(&mut s, Some(w), b, t0 + Duration::from_secs(2));
         assert_eq!((s.txns(), s.ops()), (1, 2));
-    }
-
-    #[test]
-    fn shared_window_opens_when_the_last_thread_ramps() {
-        let s = Shared::new(2, Duration::from_secs(1), Duration::from_secs(3), 0, Arc::default());
-        s.ramp_done();
-        assert!(s.window().is_none());
-        s.ramp_done();
-        let w = s.window().unwrap();
-        assert_eq!(w.end - w.start, Duration::from_secs(3));
-        assert!(w.start >= s.ramp_done_at().unwrap() + Duration::from_secs(1));
-    }
-
-    #[test]
-    fn error_limit_stops_the_run() {
-        let s = Shared::new(1, Duration::ZERO, Duration::ZERO, 2, Arc::default());
-        s.count_error();
-        assert!(!s.should_stop());
-        s.count_error();
-        assert!(s.should_stop());
-        assert!(s.stop_reason().unwrap().contains("error limit"));
     }
 }

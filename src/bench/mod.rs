@@ -23,6 +23,7 @@ pub mod plot;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod shared;
 pub mod spawn;
 pub mod stats;
 pub mod timeline;

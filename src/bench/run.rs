@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::driver::{LoopConfig, Shared, Worker};
+use super::driver::{LoopConfig, Worker};
 use super::human;
 use super::report::{self, Cpu, EventReport, LatencySet, LatencyStats, Load, RunReport, Target};
 use super::scenario::Running;
+use super::shared::Shared;
 use super::stats::{Latency, Stats};
 use super::{cpu, BenchError, Children, Config, TargetInfo};
 
