@@ -86,8 +86,10 @@ pub fn run_summary(r: &RunReport) -> String {
     if r.errors.total == 0 {
         let _ = writeln!(o, "errors: none");
     } else {
-        let kinds: Vec<String> = r.errors.by_kind.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let ops: Vec<String> = r.errors.by_op.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let nonzero = |m: &std::collections::BTreeMap<String, u64>| -> Vec<String> {
+            m.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect()
+        };
+        let (kinds, ops) = (nonzero(&r.errors.by_kind), nonzero(&r.errors.by_op));
         let _ = writeln!(o, "errors: {} ({}; during {})", r.errors.total, kinds.join(", "), ops.join(", "));
     }
     let c = &r.connections;

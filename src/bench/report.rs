@@ -147,7 +147,7 @@ impl LatencyStats {
 #[derive(Debug, Clone, Serialize)]
 pub struct Errors {
     pub total: u64,
-    /// Only kinds that occurred; keys as in `ErrorKind::as_str`.
+    /// Every kind, zeros included; keys as in `ErrorKind::as_str`.
     pub by_kind: BTreeMap<String, u64>,
     /// The request outstanding when the error happened: startup, begin, snapshot, commit.
     pub by_op: BTreeMap<String, u64>,
@@ -249,16 +249,8 @@ pub struct Medians {
 }
 
 pub fn errors_of(s: &Stats) -> Errors {
-    let by_kind = ErrorKind::ALL
-        .iter()
-        .filter(|k| s.errors.get(**k) > 0)
-        .map(|k| (k.as_str().to_owned(), s.errors.get(*k)))
-        .collect();
-    let by_op = Op::ALL
-        .iter()
-        .filter(|o| s.errors.by_op[o.index()] > 0)
-        .map(|o| (o.as_str().to_owned(), s.errors.by_op[o.index()]))
-        .collect();
+    let by_kind = ErrorKind::ALL.iter().map(|k| (k.as_str().to_owned(), s.errors.get(*k))).collect();
+    let by_op = Op::ALL.iter().map(|o| (o.as_str().to_owned(), s.errors.by_op[o.index()])).collect();
     Errors { total: s.errors.total(), by_kind, by_op }
 }
 
@@ -381,13 +373,14 @@ mod tests {
     }
 
     #[test]
-    fn errors_list_only_what_happened() {
+    fn errors_list_every_kind() {
         let mut s = Stats::default();
         s.errors.add(ErrorKind::Timeout, Op::Commit);
         let e = errors_of(&s);
         assert_eq!(e.total, 1);
-        assert_eq!(e.by_kind.len(), 1);
+        assert_eq!(e.by_kind.len(), ErrorKind::COUNT);
         assert_eq!(e.by_kind["timeout"], 1);
+        assert_eq!(e.by_kind["server_error"], 0);
         assert_eq!(e.by_op["commit"], 1);
     }
 

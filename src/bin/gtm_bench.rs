@@ -94,9 +94,16 @@ struct Args {
     /// Write an SVG plot (throughput and p99 over time, latency CDF) here.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Print the results as JSON (schema in docs/gtm_bench.md) instead of text.
-    #[arg(long)]
-    json: bool,
+    /// Print the results as JSON (schema in docs/gtm_bench.md) instead of text;
+    /// with FILE, write the JSON there and still print the text.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    json: Option<String>,
+    /// Same as --target HOST:PORT (kept for scripts written for earlier versions).
+    #[arg(long, hide = true)]
+    host: Option<String>,
+    /// See --host.
+    #[arg(long, hide = true)]
+    port: Option<u16>,
     /// Node name in every startup packet and session id (default: cn1 and dn1 alternating).
     #[arg(long)]
     node_name: Option<String>,
@@ -129,7 +136,7 @@ fn split_label(s: &str) -> (Option<&str>, &str) {
 
 impl Args {
     fn config(&self) -> Result<Config, String> {
-        let targets = self
+        let mut targets: Vec<(String, String)> = self
             .target
             .iter()
             .map(|t| {
@@ -137,6 +144,10 @@ impl Args {
                 (label.unwrap_or(addr).to_owned(), addr.to_owned())
             })
             .collect();
+        if self.host.is_some() || self.port.is_some() {
+            let addr = format!("{}:{}", self.host.as_deref().unwrap_or("127.0.0.1"), self.port.unwrap_or(6666));
+            targets.push((addr.clone(), addr));
+        }
         let mut watch = Vec::new();
         for w in &self.watch_pid {
             let (Some(name), pid) = split_label(w) else {
@@ -215,17 +226,25 @@ fn main() -> ExitCode {
         Output::Compare(c) => (human::compare_table(c), if c.ok { 0 } else { 1 }),
         Output::Fatal { fatal, .. } => (format!("gtm_bench: {fatal}\n"), 2),
     };
-    let written = if args.json {
-        serde_json::to_string_pretty(&output).map_err(std::io::Error::other).and_then(|j| print(&(j + "\n")))
-    } else if code == 2 {
-        eprint!("{text}");
-        Ok(())
-    } else {
-        print(&text)
+    let json = || serde_json::to_string_pretty(&output).map(|j| j + "\n").map_err(std::io::Error::other);
+    let text_out = || {
+        if code == 2 {
+            eprint!("{text}");
+            Ok(())
+        } else {
+            print(&text)
+        }
     };
-    if args.json && code == 2 {
-        eprint!("{text}");
-    }
+    let written = match args.json.as_deref() {
+        Some("-") => {
+            if code == 2 {
+                eprint!("{text}");
+            }
+            json().and_then(|j| print(&j))
+        }
+        Some(path) => json().and_then(|j| std::fs::write(path, j)).and_then(|()| text_out()),
+        None => text_out(),
+    };
     if let Err(e) = written {
         eprintln!("gtm_bench: cannot write the results: {e}");
         return ExitCode::from(2);
