@@ -692,14 +692,28 @@ fn ten_thousand_connections_on_a_ramp() {
 }
 
 /// `--json FILE` writes the JSON there and still prints the summary; the
-/// `--host`/`--port` of earlier versions still name a target.
+/// `--host`/`--port`/`--think-us` of earlier versions still work.
 #[test]
 fn json_to_a_file_beside_the_text_with_the_old_target_flags() {
     let gtm = FakeGtm::start(Fault::None);
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("run.json");
     let p = port(gtm.addr);
-    let args = ["--host", "127.0.0.1", "--port", &p, "-c", "5", "-T", "300ms", "--warmup", "0s", "--json"];
+    let args = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &p,
+        "--think-us",
+        "1000",
+        "-c",
+        "5",
+        "-T",
+        "300ms",
+        "--warmup",
+        "0",
+        "--json",
+    ];
     let mut args = args.to_vec();
     let f = file.display().to_string();
     args.push(&f);
@@ -710,4 +724,5 @@ fn json_to_a_file_beside_the_text_with_the_old_target_flags() {
     assert_eq!(j["mode"], "run");
     assert_eq!(j["target"]["addr"], gtm.addr.to_string());
     assert!(n(&j["txns"]) > 0);
+    assert_eq!(j["load"]["think_us"], 1000);
 }

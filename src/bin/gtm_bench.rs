@@ -104,6 +104,9 @@ struct Args {
     /// See --host.
     #[arg(long, hide = true)]
     port: Option<u16>,
+    /// Same as --think in microseconds (kept for earlier scripts).
+    #[arg(long, hide = true)]
+    think_us: Option<u64>,
     /// Node name in every startup packet and session id (default: cn1 and dn1 alternating).
     #[arg(long)]
     node_name: Option<String>,
@@ -176,7 +179,7 @@ impl Args {
             threads: self.threads,
             duration: self.duration,
             warmup: self.warmup,
-            think: self.think,
+            think: self.think_us.map_or(self.think, Duration::from_micros),
             ramp: self.ramp,
             node_name: self.node_name.clone(),
             session_ids: !self.no_session_id,
