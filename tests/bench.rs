@@ -614,8 +614,11 @@ fn scenario_failover_reports_a_timeline_and_writes_a_plot() {
         "--via-proxy",
         "-c",
         "20",
+        // A generous window: the command (kill, start a simulator, wait
+        // for it, order the reconnect) and the recovery after it must both
+        // fit, also on a machine whose cores are saturated by other work.
         "-T",
-        "5s",
+        "15s",
         "--warmup",
         "0s",
         "--max-reconnects",
@@ -627,7 +630,7 @@ fn scenario_failover_reports_a_timeline_and_writes_a_plot() {
     assert!(matches!(out.status.code(), Some(0 | 1)), "{j:#}\n{}", stderr(&out));
     let tl = &j["timeline"];
     assert_eq!(tl["bucket_ms"], 100);
-    assert_eq!(tl["buckets"].as_array().unwrap().len(), 50);
+    assert_eq!(tl["buckets"].as_array().unwrap().len(), 150);
     let ev = &tl["event"];
     assert_eq!(ev["at_s"], 1.0);
     assert_eq!(ev["exit"], "exit status: 0", "{ev:#}");
