@@ -157,6 +157,8 @@ fuzz_target!(|data: &[u8]| {
                 Ok(ReadOutcome::Open) => false,
                 Err(e) => panic!("{e}"),
             };
+            // Input held per connection is bounded by the read pause.
+            assert!(rbuf.len() <= READ_PAUSE + scratch.len());
             loop {
                 let raw = match frame::split(&mut rbuf, DEFAULT_MAX_FRAME) {
                     Ok(Some(raw)) => raw,
