@@ -140,7 +140,7 @@ fn every_message_answered_as_the_gtm_answers() {
     let sim_a = Daemon::sim(&[]);
     let sim_b = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim_a.addr, "", 1);
-    let mut via = Client::backend(proxy.addr, "cn1");
+    let mut via = Client::proxy_backend(proxy.addr, "cn1");
     let mut direct = Client::connect(sim_b.addr);
     direct.startup("cn1", node_type::DEFAULT, false, 0);
     let mut handle = -1;
@@ -172,7 +172,7 @@ fn concurrent_requests_are_grouped() {
     let relay = Relay::start(sim.addr);
     let proxy = Daemon::proxy(relay.addr, "batch_max = 7\n", 1);
     const N: usize = 40;
-    let mut clients: Vec<Client> = (0..N).map(|_| Client::backend(proxy.addr, "cn1")).collect();
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::proxy_backend(proxy.addr, "cn1")).collect();
     let mut gxids = Vec::new();
     for _ in 0..3 {
         let mut wire = BytesMut::new();
@@ -247,7 +247,7 @@ fn concurrent_requests_are_grouped() {
 fn pipelined_frames_are_answered_in_order() {
     let sim = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim.addr, "", 2);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let mut wire = BytesMut::new();
     encode_command(&mut wire, None, &begin_req(b"\0"));
     encode_command(&mut wire, None, &Request::RegisterSession { coord_name: b(b"cn1"), coord_pid: 1, backend_id: 1 });
@@ -271,22 +271,27 @@ fn pipelined_frames_are_answered_in_order() {
 #[test]
 fn silent_and_slow_backends_do_not_block_others() {
     let sim = Daemon::sim(&[]);
-    let proxy = Daemon::proxy(sim.addr, "", 1);
+    let mport = free_port();
+    let proxy = Daemon::proxy(sim.addr, &format!("metrics_port = {mport}\n"), 1);
     let _silent = Client::connect(proxy.addr);
-    let mut partial = Client::backend(proxy.addr, "cn1");
+    let mut partial = Client::proxy_backend(proxy.addr, "cn1");
     let mut wire = BytesMut::new();
     encode_command(&mut wire, None, &begin_req(b"\0"));
     partial.send_raw(&wire[..7]);
     // A backend that floods requests and never reads.
-    let mut hog = Client::backend(proxy.addr, "cn1");
+    let mut hog = Client::proxy_backend(proxy.addr, "cn1");
     let mut flood = BytesMut::new();
     for _ in 0..20_000 {
         encode_command(&mut flood, None, &Request::SnapshotGetMulti(vec![0]));
     }
     hog.sock.set_nonblocking(true).unwrap();
     let _ = std::io::Write::write(&mut hog.sock, &flood);
-    let mut ok = Client::backend(proxy.addr, "cn1");
-    ok.set_timeout(Duration::from_secs(5));
+    // The hog is really there: the proxy is reading and serving its flood
+    // (only it sends anything yet) while the others are served.
+    wait_metrics(mport, "the hog's requests read", |m| {
+        metric_of(m, "gtm_proxy_requests_total", 0).unwrap_or(0) >= 1000
+    });
+    let mut ok = Client::proxy_backend(proxy.addr, "cn1");
     for _ in 0..50 {
         let g = ok.begin();
         assert_eq!(ok.call(&Request::TxnCommitMulti(vec![g])), Response::TxnCommitMulti { statuses: vec![0] });
@@ -302,8 +307,8 @@ fn silent_and_slow_backends_do_not_block_others() {
 fn bad_requests_get_an_error_for_that_backend_only() {
     let sim = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim.addr, "", 1);
-    let mut bad = Client::backend(proxy.addr, "cn1");
-    let mut good = Client::backend(proxy.addr, "cn1");
+    let mut bad = Client::proxy_backend(proxy.addr, "cn1");
+    let mut good = Client::proxy_backend(proxy.addr, "cn1");
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (cmd_bytes(99, &[]), "invalid frontend message type 99"),
         (cmd_bytes(MsgType::SEQUENCE_GET_LAST.0, &[0, 0, 0, 2, b'a', 0]), "never answers"),
@@ -365,7 +370,7 @@ fn bad_startup_is_refused_and_closed() {
         other => panic!("{other:?}"),
     }
     assert!(c.closed_within(Duration::from_secs(5)));
-    let mut ok = Client::backend(proxy.addr, "cn1");
+    let mut ok = Client::proxy_backend(proxy.addr, "cn1");
     assert!(ok.begin() > 0);
 }
 
@@ -376,19 +381,22 @@ fn bad_startup_is_refused_and_closed() {
 fn backend_closing_with_work_in_flight() {
     let sim = Daemon::sim(&[]);
     let relay = Relay::start(sim.addr);
-    let proxy = Daemon::proxy(relay.addr, "", 1);
-    let mut a = Client::backend(proxy.addr, "cn1");
+    let mport = free_port();
+    let proxy = Daemon::proxy(relay.addr, &format!("metrics_port = {mport}\n"), 1);
+    let in_flight = |n: u64| {
+        wait_metrics(mport, &format!("{n} in flight"), |m| metric_of(m, "gtm_proxy_in_flight_requests", 0) == Some(n))
+    };
+    let mut a = Client::proxy_backend(proxy.addr, "cn1");
     let g = a.begin();
-    sim.signal(libc::SIGSTOP);
+    sim.stop();
     a.send(&Request::SnapshotGetMulti(vec![g]));
-    // Let the proxy send it upstream before the backend goes.
-    std::thread::sleep(Duration::from_millis(200));
+    // The proxy has sent it upstream before the backend goes.
+    in_flight(1);
     a.close();
-    std::thread::sleep(Duration::from_millis(200));
-    let mut b = Client::backend(proxy.addr, "cn1");
+    let mut b = Client::proxy_backend(proxy.addr, "cn1");
     b.send(&begin_req(b"\0"));
-    std::thread::sleep(Duration::from_millis(200));
-    sim.signal(libc::SIGCONT);
+    in_flight(2);
+    sim.cont();
     let gb = match b.response() {
         Response::TxnBeginGetGxid { gxid, .. } => gxid,
         other => panic!("{other:?}"),
@@ -419,35 +427,77 @@ fn backend_closing_with_work_in_flight() {
     assert_ne!(a_id, b_id, "an id with work in flight is not reused");
 }
 
-/// Identifiers are reused once free, and a newcomer holding a reused id works.
-#[test]
-fn identifiers_are_reused_safely() {
-    let sim = Daemon::sim(&[]);
-    let relay = Relay::start(sim.addr);
-    let proxy = Daemon::proxy(relay.addr, "", 1);
-    for _ in 0..5 {
-        let mut c = Client::backend(proxy.addr, "cn1");
-        let g = c.begin();
-        assert_eq!(c.call(&Request::TxnCommitMulti(vec![g])), Response::TxnCommitMulti { statuses: vec![0] });
-        c.close();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let frames = eventually(Duration::from_secs(5), || {
-        let f = relay.worker_frames();
-        let n = f
-            .iter()
-            .filter(|f| matches!(f, ClientFrame::Command(c) if c.msg_type == MsgType::BACKEND_DISCONNECT))
-            .count();
-        (n == 5).then_some(f)
-    });
-    let ids: Vec<i16> = frames
+/// The connection ids of MSG_BACKEND_DISCONNECT frames the relay saw, in order.
+fn disconnects(relay: &Relay) -> Vec<i16> {
+    relay
+        .worker_frames()
         .iter()
         .filter_map(|f| match f {
             ClientFrame::Command(c) if c.msg_type == MsgType::BACKEND_DISCONNECT => c.header,
             _ => None,
         })
+        .collect()
+}
+
+/// The connection id of the last grouped begin element the relay saw.
+fn last_begin_conn(relay: &Relay) -> i16 {
+    relay
+        .worker_frames()
+        .iter()
+        .rev()
+        .find_map(|f| match f {
+            ClientFrame::Command(c) => match c.request() {
+                Ok(Request::TxnBeginGetGxidMulti(v)) => v.last().map(|e| e.conn_id),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("a grouped begin")
+}
+
+/// Identifiers are reused once free, oldest-freed first, and a newcomer
+/// holding a reused id works.
+#[test]
+fn identifiers_are_reused_safely() {
+    let sim = Daemon::sim(&[]);
+    let relay = Relay::start(sim.addr);
+    let proxy = Daemon::proxy(relay.addr, "", 1);
+    let wait_disconnects = |n: usize| eventually(WAIT, || (disconnects(&relay).len() == n).then_some(()));
+    for i in 0..5 {
+        let mut c = Client::proxy_backend(proxy.addr, "cn1");
+        let g = c.begin();
+        assert_eq!(c.call(&Request::TxnCommitMulti(vec![g])), Response::TxnCommitMulti { statuses: vec![0] });
+        c.close();
+        // Its id is free (the disconnect went out) before the next one comes.
+        wait_disconnects(i + 1);
+    }
+    assert_eq!(disconnects(&relay), vec![0, 0, 0, 0, 0], "a free id is reused");
+    // Three at once hold ids 0, 1, 2; they leave in the order 1, 2, 0; the
+    // next three get 1, 2, 0 (a lowest-first policy would give 0, 1, 2).
+    let mut held: Vec<(Client, i16)> = (0..3)
+        .map(|_| {
+            let mut c = Client::proxy_backend(proxy.addr, "cn1");
+            let _ = c.begin();
+            let id = last_begin_conn(&relay);
+            (c, id)
+        })
         .collect();
-    assert_eq!(ids, vec![0, 0, 0, 0, 0], "a free id is reused");
+    assert_eq!(held.iter().map(|(_, id)| *id).collect::<Vec<_>>(), vec![0, 1, 2]);
+    for (k, i) in [1usize, 2, 0].into_iter().enumerate() {
+        held[i].0.close();
+        wait_disconnects(6 + k);
+    }
+    assert_eq!(disconnects(&relay)[5..], [1, 2, 0]);
+    let mut reused = Vec::new();
+    let mut newcomers = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::proxy_backend(proxy.addr, "cn1");
+        let g = c.begin();
+        assert_eq!(c.call(&Request::TxnCommitMulti(vec![g])), Response::TxnCommitMulti { statuses: vec![0] });
+        reused.push(last_begin_conn(&relay));
+        newcomers.push(c);
+    }
+    assert_eq!(reused, vec![1, 2, 0], "freed ids are reused oldest-first");
 }
 
 /// Smart stop waits for backends; fast stop closes them after answering;
@@ -456,21 +506,21 @@ fn identifiers_are_reused_safely() {
 fn smart_and_fast_shutdown() {
     let sim = Daemon::sim(&[]);
     let mut proxy = Daemon::proxy(sim.addr, "", 2);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     proxy.signal(libc::SIGTERM);
-    assert_eq!(proxy.wait_exit(Duration::from_millis(500)), None, "smart stop waits for the backend");
     let g = c.begin();
     assert!(g > 0, "backends are still served during a smart stop");
+    assert!(proxy.is_running(), "smart stop waits for the backend");
     c.close();
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(proxy.exit_code(Duration::from_secs(10)), Some(0));
     assert!(!proxy.dir.join("gtm_proxy.pid").exists());
 
     let mut proxy = Daemon::proxy(sim.addr, "", 2);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let _ = c.begin();
     proxy.signal(libc::SIGINT);
     assert!(c.closed_within(Duration::from_secs(10)), "fast stop closes backends");
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(proxy.exit_code(Duration::from_secs(10)), Some(0));
     // Unregistered: the same proxy name can register again on the GTM.
     let mut direct = Client::connect(sim.addr);
     direct.startup("test_proxy", node_type::GTM_PROXY_POSTMASTER, true, 0);
@@ -494,7 +544,7 @@ fn smart_and_fast_shutdown() {
 fn autovacuum_transactions_do_not_leak() {
     let sim = Daemon::sim(&["--persist"]);
     let proxy = Daemon::proxy(sim.addr, "", 1);
-    let mut c = Client::backend(proxy.addr, "dn1");
+    let mut c = Client::proxy_backend(proxy.addr, "dn1");
     let mut vac = Vec::new();
     for _ in 0..3 {
         match c.call(&Request::TxnBeginGetGxidAutovacuum { isolation: 1, read_only: false }) {
@@ -516,7 +566,7 @@ fn autovacuum_transactions_do_not_leak() {
 fn sighup_reloads_the_configuration() {
     let sim = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim.addr, "log_min_messages = WARNING\n", 1);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     assert!(!proxy.log().contains("configuration reloaded"));
     std::fs::write(
         proxy.dir.join("gtm_proxy.conf"),
@@ -539,24 +589,19 @@ fn metrics_endpoint() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let sim = Daemon::sim(&[]);
     let proxy = Daemon::proxy(sim.addr, &format!("metrics_port = {port}\n"), 1);
-    let mut c = Client::backend(proxy.addr, "cn1");
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let g = c.begin();
     c.call(&Request::TxnCommitMulti(vec![g]));
-    let scrape = |path: &str| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
-        std::io::Write::write_all(&mut s, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
-        out
-    };
-    let body = eventually(Duration::from_secs(5), || {
-        let b = scrape("/metrics");
-        b.contains("gtm_proxy_requests_total{worker=\"0\"} 2").then_some(b)
-    });
+    // Counters move at once, gauges once per worker round: wait until the
+    // whole picture after the commit is there.
+    let want = [
+        "gtm_proxy_requests_total{worker=\"0\"} 2\n",
+        "gtm_proxy_backends{worker=\"0\"} 1\n",
+        "gtm_proxy_gtm_link_up{worker=\"0\"} 1\n",
+        "gtm_proxy_ledger_gxids{worker=\"0\"} 0\n",
+    ];
+    let body = wait_metrics(port, "the state after one commit", |b| want.iter().all(|w| b.contains(w)));
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    assert!(body.contains("gtm_proxy_backends{worker=\"0\"} 1"), "{body}");
-    assert!(body.contains("gtm_proxy_gtm_link_up{worker=\"0\"} 1"), "{body}");
-    assert!(body.contains("gtm_proxy_ledger_gxids{worker=\"0\"} 0"), "{body}");
     assert!(body.contains("# TYPE gtm_proxy_errors_sent_total counter"), "{body}");
-    assert!(scrape("/other").starts_with("HTTP/1.1 404"));
+    assert!(scrape(port, "/other").expect("an answer").starts_with("HTTP/1.1 404"));
 }

@@ -7,15 +7,16 @@
 //! `Waker`. Signals are received by signal-hook on a small thread and handed
 //! to the main loop the same way, so no work happens in a signal handler.
 
+pub mod admission;
 pub mod backend;
 pub mod batch;
 pub mod failover;
 pub mod ids;
 pub mod ledger;
 pub mod metrics;
-pub mod net;
 pub mod registration;
 pub mod upstream;
+pub mod vetting;
 pub mod worker;
 
 use std::io;
@@ -32,6 +33,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::{CliOverrides, Config};
 use crate::control::{self, PidFile};
+use crate::netio;
 use registration::{Identity, RegLink};
 use worker::{Control, StopMode, Worker, WorkerStats};
 
@@ -76,13 +78,12 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
     if let Err(e) = control::write_opts(&data_dir, argv) {
         warn!("cannot write gtm_proxy.opts: {e}");
     }
-    let fd_limit = net::raise_fd_limit();
-    info!("open file limit is {fd_limit}");
-    net::configure_keepalive(net::Keepalive {
-        idle: cfg.keepalives_idle,
-        interval: cfg.keepalives_interval,
-        count: cfg.keepalives_count,
-    });
+    match netio::raise_fd_limit() {
+        Ok(n) => info!("open file limit is {n}"),
+        Err(e) => warn!("cannot raise the open file limit: {e}"),
+    }
+    // Applied to every accepted backend and GTM link; fixed at start-up.
+    let keepalive = keepalive_of(&cfg);
 
     let mut poll = Poll::new().map_err(|e| ProxyError::Io("poll", e))?;
     let mut listeners = bind_listeners(&cfg)?;
@@ -190,7 +191,7 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
                             continue;
                         }
                         let _ = sock.set_nodelay(true);
-                        net::set_keepalive(&sock);
+                        netio::set_keepalive(&sock, keepalive);
                         let std_sock = mio_to_std(sock);
                         // Least-loaded worker; ties go round-robin.
                         let n = workers.len();
@@ -291,6 +292,11 @@ fn reload(cur: &Config, cli: &CliOverrides, data_dir: &Path) -> Option<Config> {
     }
     info!("configuration reloaded");
     Some(new)
+}
+
+/// The keepalive settings of `cfg`.
+pub(crate) fn keepalive_of(cfg: &Config) -> netio::Keepalive {
+    netio::Keepalive { idle: cfg.keepalives_idle, interval: cfg.keepalives_interval, count: cfg.keepalives_count }
 }
 
 /// Read `newgtm`; a bad or missing file is logged and ignored.
