@@ -6,13 +6,17 @@
 //! GTM → proxy stream. The sent stream gives the FIFO of [`Pending`] entries
 //! exactly as a worker's batcher holds them; the answers go through the
 //! worker's path: frame splitter (4 MiB cap), `R` while starting, then
-//! `ServerFrame::decode` with the proxy header and `split_answer`.
+//! `ServerFrame::decode` with the proxy header, `split_answer`, and the
+//! GXID vetting of each backend's answer against the worker's ledger. The
+//! startup packet's client id stands in for the link and replay floors (a
+//! worker re-presents its old id when it reconnects), so the fuzzer can
+//! steer them.
 //!
 //! Checks, beyond "no panic":
 //! * a pending entry re-encodes to the bytes it was read from (modulo C bools);
 //! * an answer accepted by `split_answer` reaches every waiting backend
 //!   exactly once, in element order, with the element's own GXID, and each
-//!   backend's answer is a well-formed frame of the right type;
+//!   backend's answer, as vetted, is a well-formed frame of the right type;
 //! * an answer refused as out of step reaches nobody;
 //! * after the link fails, the unanswered work requeued into a `Batcher` and
 //!   flushed again is the same work, as well-formed frames.
@@ -26,17 +30,26 @@ use gtmproxy::codec::frame::{self, DEFAULT_MAX_FRAME};
 use gtmproxy::codec::types::MAX_GLOBAL_TRANSACTIONS;
 use gtmproxy::codec::{ClientFrame, Request, Response, ServerFrame};
 use gtmproxy::proxy::batch::{split_answer, Answer, Batcher, Forward, Pending, Route};
-use gtmproxy::proxy::ledger::Ledger;
+use gtmproxy::proxy::ledger::{HighWater, Ledger};
+use gtmproxy::proxy::vetting::{vet, Floors, Verdict};
 use libfuzzer_sys::fuzz_target;
 
-/// The FIFO a worker would hold after sending `sent`.
-fn pending_of(sent: &[u8]) -> VecDeque<Pending> {
+/// The FIFO a worker would hold after sending `sent`, and the floors.
+fn pending_of(sent: &[u8]) -> (VecDeque<Pending>, Floors) {
     let mut buf = BytesMut::from(sent);
     let mut fifo = VecDeque::new();
+    let mut floors = Floors::default();
     let mut gen = 0u32;
     while let Ok(Some(raw)) = frame::split(&mut buf, DEFAULT_MAX_FRAME) {
         let wire = encoded(|d| raw.encode(d));
-        let Ok(ClientFrame::Command(c)) = ClientFrame::decode(raw, true) else { continue };
+        let c = match ClientFrame::decode(raw, true) {
+            Ok(ClientFrame::Command(c)) => c,
+            Ok(ClientFrame::Startup(sp)) => {
+                floors = Floors { link: sp.client_id, replay: sp.client_id };
+                continue;
+            }
+            _ => continue,
+        };
         let Some(h) = c.header else { continue };
         let Ok(req) = c.request() else { continue };
         gen += 1;
@@ -70,7 +83,7 @@ fn pending_of(sent: &[u8]) -> VecDeque<Pending> {
         assert!(same_but_bools(&wire, &encoded(|d| p.encode(d))), "{p:?}");
         fifo.push_back(p);
     }
-    fifo
+    (fifo, floors)
 }
 
 /// What one backend was handed.
@@ -168,8 +181,9 @@ fuzz_target!(|data: &[u8]| {
     let n = (u16::from_le_bytes([data[0], data[1]]) as usize).min(data.len() - 2);
     let (sent, answers) = data[2..].split_at(n);
     bounded_alloc(data.len(), || {
-        let mut fifo = pending_of(sent);
+        let (mut fifo, floors) = pending_of(sent);
         let mut ledger = Ledger::default();
+        let high = HighWater::default();
         let mut buf = BytesMut::from(answers);
         let mut starting = true;
         loop {
@@ -190,20 +204,25 @@ fuzz_target!(|data: &[u8]| {
             let Some(p) = fifo.pop_front() else { break };
             let mut got = Vec::new();
             let res = split_answer(&p, &f, |route, gxid, a| {
-                let kind = match a {
-                    Answer::Result { .. } => "result",
-                    Answer::Error(_) | Answer::ElementFailed { .. } => "error",
-                    Answer::Begin { .. } => "begin",
-                    Answer::CommitOk => "commit",
-                    Answer::RollbackOk { .. } => "rollback",
-                    Answer::Snapshot { .. } => "snapshot",
+                let verdict = vet(&mut ledger, &high, floors, &p, route, gxid, a);
+                let kind = match (verdict, a) {
+                    (Verdict::DuplicateGxid { .. } | Verdict::Lost { .. }, _) => "error",
+                    (Verdict::AlreadyEnded { commit: true, .. }, _) => "commit",
+                    (Verdict::AlreadyEnded { commit: false, .. }, _) => "rollback",
+                    (Verdict::Pass, Answer::Result { .. }) => "result",
+                    (Verdict::Pass, Answer::Error(_) | Answer::ElementFailed { .. }) => "error",
+                    (Verdict::Pass, Answer::Begin { .. }) => "begin",
+                    (Verdict::Pass, Answer::CommitOk) => "commit",
+                    (Verdict::Pass, Answer::RollbackOk { .. }) => "rollback",
+                    (Verdict::Pass, Answer::Snapshot { .. }) => "snapshot",
                 };
-                match a {
-                    Answer::Begin { gxid, .. } => ledger.begun(route, *gxid),
-                    Answer::CommitOk | Answer::RollbackOk { .. } => ledger.ended(gxid),
-                    _ => {}
+                let mut frame = BytesMut::new();
+                let is_error = verdict.write(a, &mut frame);
+                assert_eq!(is_error, kind == "error", "{verdict:?} {a:?}");
+                if let (Answer::Begin { gxid, .. }, Verdict::Pass) = (a, verdict) {
+                    assert!(ledger.is_open(*gxid), "a begin that passed is open");
                 }
-                got.push(Got { route, gxid, frame: encoded(|d| a.encode(d)), kind });
+                got.push(Got { route, gxid, frame, kind });
             });
             match res {
                 Ok(()) => check_delivery(&p, &f, &got),

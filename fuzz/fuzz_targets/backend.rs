@@ -2,14 +2,13 @@
 //! the proxy's backend handling, from the socket read to the upstream
 //! frames the requests become.
 //!
-//! The pieces are the proxy's own public ones: `read_into` over a socket
-//! that hands out the stream in reads of varying size with `WouldBlock` in
-//! between, the frame splitter at the backend frame cap, the startup packet
-//! and `Peer`, `ClientFrame` / `Request` decoding, and the `Batcher` that
-//! groups and encodes requests. The worker's dispatch between them (one
-//! request outstanding per backend, grouping of single begins, commits,
-//! rollbacks and snapshots, the rewrite of a backend's own begin MULTI) is
-//! private to the worker and mirrored here.
+//! The pieces are the proxy's own public ones: `netio::read_into` over a
+//! socket that hands out the stream in reads of varying size with
+//! `WouldBlock` in between, the frame splitter at the backend frame cap, the
+//! startup packet and `Peer`, `ClientFrame` / `Request` decoding, the
+//! admission decision, and the `Batcher` that groups and encodes requests.
+//! Only the worker's sequencing (one request outstanding per backend) is
+//! mirrored here.
 //!
 //! Checks, beyond "no panic": every request that reaches the batcher comes
 //! out of `flush` as a well-formed upstream frame carrying this backend's
@@ -25,7 +24,9 @@ use gtm_proxy_fuzz::{bounded_alloc, encoded, read_sizes};
 use gtmproxy::codec::frame::{self, DEFAULT_MAX_FRAME, TAG_CLOSE, TAG_COMMAND, TAG_STARTUP};
 use gtmproxy::codec::types::MAX_GLOBAL_TRANSACTIONS;
 use gtmproxy::codec::{encode_command, ClientFrame, Request, StartupPacket};
-use gtmproxy::proxy::backend::{read_into, Peer, ReadOutcome, READ_PAUSE};
+use gtmproxy::netio::{read_into, ReadOutcome};
+use gtmproxy::proxy::admission::{admit, Admission};
+use gtmproxy::proxy::backend::{Peer, READ_PAUSE};
 use gtmproxy::proxy::batch::{Batcher, Forward, Route};
 use libfuzzer_sys::fuzz_target;
 
@@ -105,40 +106,20 @@ fn check_upstream(out: BytesMut, sent: Sent) {
 
 /// The worker's handling of one request frame, up to the batcher.
 fn dispatch(req: Request, c: gtmproxy::codec::Command, batch: &mut Batcher) -> Option<Sent> {
-    let grouped = |v: &Vec<u32>| v.len() == 1;
-    Some(match req {
-        Request::TxnBeginGetGxid(ref b) => {
-            batch.begins.push((ROUTE, b.clone()));
-            Sent::Grouped(req)
+    match admit(c.msg_type, c.payload, req.clone(), CONN) {
+        Admission::Group(g) => {
+            batch.group(ROUTE, g);
+            Some(Sent::Grouped(req))
         }
-        Request::TxnRollback { gxid } => {
-            batch.rollbacks.push((ROUTE, gxid));
-            Sent::Grouped(req)
+        Admission::Forward { payload, ends } => {
+            batch.forwards.push_back(Forward { route: ROUTE, msg_type: c.msg_type, payload, ends });
+            Some(Sent::Forward(req))
         }
-        Request::TxnCommitMulti(ref v) if grouped(v) => {
-            batch.commits.push((ROUTE, v[0]));
-            Sent::Grouped(req)
+        Admission::Refuse(why) => {
+            let _ = why.to_string();
+            None
         }
-        Request::SnapshotGetMulti(ref v) if grouped(v) => {
-            batch.snapshots.push((ROUTE, v[0]));
-            Sent::Grouped(req)
-        }
-        Request::TxnBeginGetGxidMulti(ref v) => {
-            if v.is_empty() || v.len() > MAX_GLOBAL_TRANSACTIONS {
-                return None;
-            }
-            let mut elems = v.clone();
-            elems.iter_mut().for_each(|e| e.conn_id = CONN);
-            let payload = encoded(|d| Request::TxnBeginGetGxidMulti(elems).encode_payload(d)).freeze();
-            batch.forwards.push_back(Forward { route: ROUTE, msg_type: c.msg_type, payload, ends: [0; 2] });
-            Sent::Forward(req)
-        }
-        Request::BackendDisconnect { .. } => return None,
-        _ => {
-            batch.forwards.push_back(Forward { route: ROUTE, msg_type: c.msg_type, payload: c.payload, ends: [0; 2] });
-            Sent::Forward(req)
-        }
-    })
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -146,15 +127,14 @@ fuzz_target!(|data: &[u8]| {
         let mut sock = Sock { data, sizes: read_sizes(data), blocked: false };
         let mut rbuf = BytesMut::new();
         let mut scratch = [0u8; 512];
-        let mut paused = false;
         let mut startup_done = false;
         let mut batch = Batcher::default();
         let mut fifo = VecDeque::new();
         // Bounded: every round reads at least one byte or ends.
         for _ in 0..=data.len() * 2 + 2 {
-            let eof = match read_into(&mut sock, &mut rbuf, &mut scratch, READ_PAUSE, &mut paused) {
+            let eof = match read_into(&mut sock, &mut rbuf, &mut scratch, READ_PAUSE, true) {
                 Ok(ReadOutcome::Eof) => true,
-                Ok(ReadOutcome::Open) => false,
+                Ok(ReadOutcome::Drained | ReadOutcome::Full) => false,
                 Err(e) => panic!("{e}"),
             };
             // Input held per connection is bounded by the read pause.
