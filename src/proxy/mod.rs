@@ -7,6 +7,7 @@
 //! `Waker`. Signals are received by signal-hook on a small thread and handed
 //! to the main loop the same way, so no work happens in a signal handler.
 
+pub mod access;
 pub mod backend;
 pub mod batch;
 pub mod failover;
