@@ -189,7 +189,8 @@ impl FromStr for LogLevel {
 /// `err_wait_interval`.
 ///
 /// Extensions of this proxy: `hold_max_requests`, `hold_timeout`, `upstream_timeout`,
-/// `batch_max`, `max_backends`, `backend_output_limit`, `metrics_port`.
+/// `batch_max`, `max_backends`, `backend_output_limit`, `metrics_port`, `metrics_listen_address`,
+/// `allowed_client_networks`, `allowed_node_names`, `allowed_remote_types`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Node name used for registration and in startup packets (required; may be empty;
@@ -248,6 +249,14 @@ pub struct Config {
     pub backend_output_limit: usize,
     /// Extension: Prometheus metrics port, `GET /metrics` on the first listen address (default 0 = off).
     pub metrics_port: u16,
+    /// Extension: address the metrics endpoint binds to (default 127.0.0.1).
+    pub metrics_listen_address: String,
+    /// Extension: client networks allowed to connect, comma-separated CIDR (default empty = any).
+    pub allowed_client_networks: String,
+    /// Extension: node names allowed in startup packets, comma-separated (default empty = any).
+    pub allowed_node_names: String,
+    /// Extension: remote types allowed in startup packets, comma-separated (default empty = any).
+    pub allowed_remote_types: String,
 }
 
 /// Values given on the command line; each `Some` wins over the file.
@@ -352,6 +361,10 @@ impl Config {
             max_backends: 20_000,
             backend_output_limit: 1 << 20,
             metrics_port: 0,
+            metrics_listen_address: "127.0.0.1".to_string(),
+            allowed_client_networks: String::new(),
+            allowed_node_names: String::new(),
+            allowed_remote_types: String::new(),
         }
     }
 
@@ -489,6 +502,16 @@ impl Builder {
             "max_backends" => c.max_backends = parse_int(value, 1, 1_000_000)? as usize,
             "backend_output_limit" => c.backend_output_limit = parse_bytes(value)? as usize,
             "metrics_port" => c.metrics_port = parse_port(value, 0)?,
+            "metrics_listen_address" => c.metrics_listen_address = parse_nonempty(value)?,
+            "allowed_client_networks" => {
+                crate::proxy::access::parse_networks(value).map_err(SetError::Invalid)?;
+                c.allowed_client_networks = value.to_string()
+            }
+            "allowed_node_names" => c.allowed_node_names = value.to_string(),
+            "allowed_remote_types" => {
+                crate::proxy::access::parse_remote_types(value).map_err(SetError::Invalid)?;
+                c.allowed_remote_types = value.to_string()
+            }
             _ => return Err(SetError::Unknown),
         }
         Ok(())
@@ -980,6 +1003,12 @@ mod tests {
             "gtm_proxy.conf:4: 0 is outside the valid range for parameter \"batch_max\" (1 .. 16384)"
         );
         assert_eq!(parse_ok("metrics_port = 0").metrics_port, 0);
+        assert_eq!(parse_ok("").metrics_listen_address, "127.0.0.1");
+        let acl = parse_ok("allowed_client_networks = '10.0.0.0/8, ::1'\nallowed_remote_types = 'datanode'");
+        assert_eq!(acl.allowed_client_networks, "10.0.0.0/8, ::1");
+        assert_eq!(acl.allowed_remote_types, "datanode");
+        assert!(matches!(parse_err("allowed_client_networks = '10.0.0.0/40'"), ConfigError::InvalidValue { .. }));
+        assert!(matches!(parse_err("allowed_remote_types = 'postgres'"), ConfigError::InvalidValue { .. }));
         assert_eq!(parse_ok("hold_max_requests = 0").hold_max_requests, 0);
     }
 
@@ -1154,6 +1183,10 @@ mod tests {
             "max_backends",
             "backend_output_limit",
             "metrics_port",
+            "metrics_listen_address",
+            "allowed_client_networks",
+            "allowed_node_names",
+            "allowed_remote_types",
         ] {
             let documented = uncommented.lines().any(|l| l.starts_with(&format!("{key} =")));
             assert!(documented, "{key} missing from proxy.conf.example");
