@@ -189,9 +189,7 @@ impl Acceptor {
 
     fn admit(&mut self, sock: mio::net::TcpStream, peer: SocketAddr, pool: &mut Pool) {
         if let Err(deny) = self.allow.check_peer(peer.ip()) {
-            if self.refused_log.allow() {
-                warn!("refusing connection from {peer}: {deny}{}", self.refused_log.suppressed_note());
-            }
+            super::access::report_denied(&peer, &deny);
             super::refuse(sock, &deny.to_string());
             return;
         }
@@ -250,7 +248,7 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    pub fn new(every: Duration) -> RateLimit {
+    pub const fn new(every: Duration) -> RateLimit {
         RateLimit { every, last: None, suppressed: 0, note: 0 }
     }
 

@@ -9,7 +9,9 @@
 //! and log.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::codec::types::node_type;
 
@@ -194,6 +196,39 @@ impl AllowList {
     }
 }
 
+/// Denials share one log budget: one line per 10 s, the next one says how
+/// many were left out, so a scanner cannot flood the log.
+static DENIED_LOG: Mutex<super::acceptor::RateLimit> =
+    Mutex::new(super::acceptor::RateLimit::new(Duration::from_secs(10)));
+
+/// Log a refused peer (rate-limited).
+pub fn report_denied(peer: &SocketAddr, deny: &Deny) {
+    let Ok(mut limit) = DENIED_LOG.lock() else { return };
+    if limit.allow() {
+        log::warn!("refusing connection from {peer}: {deny}{}", limit.suppressed_note());
+    }
+}
+
+/// The startup-time decision against the lists of `cfg`: nothing to do
+/// (and nothing parsed) unless node names or remote types are restricted.
+pub fn check_startup(
+    cfg: &crate::config::Config,
+    peer: Option<SocketAddr>,
+    node_name: &[u8],
+    remote_type: i32,
+) -> Result<(), Deny> {
+    if cfg.allowed_node_names.trim().is_empty() && cfg.allowed_remote_types.trim().is_empty() {
+        return Ok(());
+    }
+    // The lists were validated when the configuration was read; a list that
+    // does not parse here allows nothing rather than everything.
+    let Ok(list) = AllowList::from_config(cfg) else { return Err(Deny::RemoteType(remote_type)) };
+    match peer {
+        Some(p) => list.check(p.ip(), node_name, remote_type),
+        None => AllowList { networks: Vec::new(), ..list }.check(IpAddr::from([0, 0, 0, 0]), node_name, remote_type),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +314,24 @@ mod tests {
         let msg = Deny::RemoteType(node_type::DEFAULT).to_string();
         assert!(msg.contains("default") && msg.contains("allowed_remote_types"), "{msg}");
         assert!(Deny::Network(ip("10.0.0.1")).to_string().contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn startup_check_from_config() {
+        let mut cfg = crate::config::Config::new("p", "127.0.0.1", 6666);
+        let peer: Option<SocketAddr> = Some("10.0.0.1:5000".parse().unwrap());
+        assert_eq!(check_startup(&cfg, peer, b"anyone", 42), Ok(()));
+        cfg.allowed_client_networks = "127.0.0.1".into();
+        // The network alone is checked at accept, not here.
+        assert_eq!(check_startup(&cfg, peer, b"anyone", 42), Ok(()));
+        cfg.allowed_node_names = "dn1".into();
+        assert_eq!(check_startup(&cfg, peer, b"dn1", 4), Err(Deny::Network(ip("10.0.0.1"))));
+        let local: Option<SocketAddr> = Some("127.0.0.1:5000".parse().unwrap());
+        assert_eq!(check_startup(&cfg, local, b"dn1", 4), Ok(()));
+        assert_eq!(check_startup(&cfg, local, b"dn2", 4), Err(Deny::NodeName("dn2".into())));
+        cfg.allowed_remote_types = "coordinator".into();
+        assert_eq!(check_startup(&cfg, local, b"dn1", 4), Err(Deny::RemoteType(4)));
+        assert_eq!(check_startup(&cfg, None, b"dn1", 3), Ok(()));
     }
 
     #[test]
