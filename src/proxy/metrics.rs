@@ -21,6 +21,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::acceptor::RateLimit;
 use super::worker::WorkerStats;
 
 /// Longest accepted request head.
@@ -47,7 +48,15 @@ pub fn spawn(addr: SocketAddr, workers: Vec<Arc<WorkerStats>>) -> io::Result<Soc
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     std::thread::Builder::new().name("gtm_proxy metrics".into()).spawn(move || {
-        Server { poll, listener, conns: Slab::new(), workers }.run();
+        Server {
+            poll,
+            listener,
+            conns: Slab::new(),
+            workers,
+            accept_failed: false,
+            accept_log: RateLimit::new(Duration::from_secs(10)),
+        }
+        .run();
     })?;
     info!("metrics on http://{bound}/metrics");
     Ok(bound)
@@ -58,6 +67,10 @@ struct Server {
     listener: TcpListener,
     conns: Slab<Conn>,
     workers: Vec<Arc<WorkerStats>>,
+    /// Accept failed (out of descriptors, say): try again after each poll,
+    /// since no new readiness comes for connections already queued.
+    accept_failed: bool,
+    accept_log: RateLimit,
 }
 
 impl Server {
@@ -71,6 +84,9 @@ impl Server {
                     warn!("metrics endpoint stopped: poll failed: {e}");
                     return;
                 }
+            }
+            if self.accept_failed {
+                self.accept();
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -88,6 +104,7 @@ impl Server {
     }
 
     fn accept(&mut self) {
+        self.accept_failed = false;
         loop {
             match self.listener.accept() {
                 Ok((mut sock, peer)) => {
@@ -112,10 +129,12 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // Out of descriptors and the like: the poll timeout
-                    // brings us back, and queued scrapes keep waiting
-                    // until the next arrival or a close frees one.
-                    warn!("metrics accept failed: {e}");
+                    // Out of descriptors and the like: retried after the
+                    // next poll (at most a second away).
+                    if self.accept_log.allow() {
+                        warn!("metrics accept failed: {e}{}", self.accept_log.suppressed_note());
+                    }
+                    self.accept_failed = true;
                     return;
                 }
             }
