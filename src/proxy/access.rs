@@ -202,7 +202,7 @@ static DENIED_LOG: Mutex<super::acceptor::RateLimit> =
     Mutex::new(super::acceptor::RateLimit::new(Duration::from_secs(10)));
 
 /// Log a refused peer (rate-limited).
-pub fn report_denied(peer: &SocketAddr, deny: &Deny) {
+pub fn report_denied(peer: &dyn fmt::Display, deny: &Deny) {
     let Ok(mut limit) = DENIED_LOG.lock() else { return };
     if limit.allow() {
         log::warn!("refusing connection from {peer}: {deny}{}", limit.suppressed_note());
