@@ -593,3 +593,25 @@ fn a_dead_worker_is_replaced_and_gets_no_connection() {
         b.begin();
     }
 }
+
+#[test]
+fn a_worker_that_keeps_dying_stops_the_proxy_with_fatal() {
+    let sim = Daemon::sim();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gtm_proxy"))
+        .arg("-D")
+        .arg(dir)
+        .args(["-h", "127.0.0.1", "-p", "0", "-s", "127.0.0.1", "-t", &sim.addr.port().to_string()])
+        .args(["-i", "hardening_proxy", "-n", "2"])
+        .env("GTM_PROXY_TEST_WORKER_DIES", "1:always")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).expect("stderr log"))
+        .spawn()
+        .expect("spawn");
+    let status = eventually(WAIT, "the proxy to give up", || child.try_wait().ok().flatten());
+    let log = read(&dir.join("gtm_proxy.log")) + &read(&dir.join("stderr.log"));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("FATAL") && log.contains("worker 1 died"), "{log}");
+}

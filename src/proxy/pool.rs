@@ -32,7 +32,8 @@ pub const MAX_DEATHS: usize = 3;
 pub const DEATH_WINDOW: Duration = Duration::from_secs(60);
 
 /// Test hook (never set in production): `GTM_PROXY_TEST_WORKER_DIES=<index>`
-/// makes that worker's first thread end at once, as a crashed worker would.
+/// makes that worker's first thread end at once, as a crashed worker would;
+/// `<index>:always` makes every thread of that worker end so.
 pub const TEST_DEATH_ENV: &str = "GTM_PROXY_TEST_WORKER_DIES";
 
 struct Handle {
@@ -74,13 +75,17 @@ pub struct Pool {
     main: Arc<Waker>,
     recent_deaths: VecDeque<Instant>,
     next: usize,
-    test_death: Option<usize>,
+    /// The test hook: which worker, and whether every incarnation dies.
+    test_death: Option<(usize, bool)>,
 }
 
 impl Pool {
     pub fn spawn(n: usize, cfg: &Arc<Config>, main: Arc<Waker>) -> Result<Pool, PoolError> {
         let (deaths_tx, deaths) = unbounded();
-        let test_death = std::env::var(TEST_DEATH_ENV).ok().and_then(|v| v.trim().parse().ok());
+        let test_death = std::env::var(TEST_DEATH_ENV).ok().and_then(|v| {
+            let (i, always) = v.trim().split_once(':').map_or((v.trim(), false), |(i, m)| (i, m == "always"));
+            Some((i.parse().ok()?, always))
+        });
         let mut pool = Pool {
             handles: Vec::with_capacity(n),
             high: Arc::new(HighWater::default()),
@@ -103,7 +108,10 @@ impl Pool {
         let (w, waker) =
             Worker::new(i, cfg.clone(), rx, stats.clone(), self.high.clone()).map_err(|e| PoolError::Spawn(i, e))?;
         let notice = DeathNotice { index: i, tx: self.deaths_tx.clone(), main: self.main.clone() };
-        let die_now = self.test_death.take_if(|d| *d == i).is_some();
+        let die_now = self.test_death.is_some_and(|(d, _)| d == i);
+        if die_now && self.test_death.is_some_and(|(_, always)| !always) {
+            self.test_death = None;
+        }
         let thread = std::thread::Builder::new()
             .name(format!("gtm_proxy worker {i}"))
             .spawn(move || {
