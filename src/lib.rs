@@ -4,6 +4,7 @@ pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod control;
+pub mod netio;
 pub mod proxy;
 pub mod sim;
 pub mod timers;

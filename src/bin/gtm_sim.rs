@@ -74,7 +74,10 @@ fn main() -> ExitCode {
         eprintln!("gtm_sim: {e}");
         return ExitCode::from(1);
     }
-    raise_fd_limit();
+    // Thousands of links need more descriptors than the usual soft limit.
+    if let Err(e) = gtmproxy::netio::raise_fd_limit() {
+        log::warn!("cannot raise the open-file limit: {e}");
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ServerError::WouldCrash(_)) => {
@@ -84,23 +87,6 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(1)
-        }
-    }
-}
-
-/// Thousands of links need more descriptors than the usual soft limit: raise it
-/// to the hard limit.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
-            return;
-        }
-        let old = lim.rlim_cur;
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-            log::debug!("raised the open-file limit from {old} to {}", lim.rlim_max);
         }
     }
 }

@@ -220,6 +220,46 @@ pub fn encode_command(dst: &mut BytesMut, header: Option<i16>, req: &Request) {
     finish(dst, start);
 }
 
+/// `C` frame `MSG_TXN_BEGIN_GETGXID_MULTI` from borrowed elements (begin,
+/// backend connection id): the same bytes as encoding
+/// [`Request::TxnBeginGetGxidMulti`], without building the request.
+pub fn encode_begin_multi<'a>(
+    dst: &mut BytesMut,
+    header: Option<i16>,
+    elems: impl ExactSizeIterator<Item = (&'a Begin, i16)>,
+) {
+    let start = begin(dst, TAG_COMMAND);
+    if let Some(h) = header {
+        dst.put_i16_le(h);
+    }
+    dst.put_i32(MsgType::TXN_BEGIN_GETGXID_MULTI.0);
+    request::put_begin_multi(dst, elems);
+    finish(dst, start);
+}
+
+/// `C` frame of a GXID-list MULTI (`MSG_TXN_COMMIT_MULTI`,
+/// `MSG_TXN_ROLLBACK_MULTI`, `MSG_SNAPSHOT_GET_MULTI`): the same bytes as
+/// encoding the matching [`Request`], without building it.
+pub fn encode_gxid_multi(
+    dst: &mut BytesMut,
+    header: Option<i16>,
+    msg_type: MsgType,
+    gxids: impl ExactSizeIterator<Item = u32>,
+) {
+    debug_assert!(matches!(
+        msg_type,
+        MsgType::TXN_COMMIT_MULTI | MsgType::TXN_ROLLBACK_MULTI | MsgType::SNAPSHOT_GET_MULTI
+    ));
+    dst.reserve(HEADER_LEN + 10 + 4 * gxids.len());
+    let start = begin(dst, TAG_COMMAND);
+    if let Some(h) = header {
+        dst.put_i16_le(h);
+    }
+    dst.put_i32(msg_type.0);
+    request::put_gxid_multi(dst, gxids);
+    finish(dst, start);
+}
+
 /// `S` frame around an already-encoded payload.
 #[inline]
 pub fn encode_result_raw(dst: &mut BytesMut, header: Option<i16>, result_type: ResultType, payload: &[u8]) {
@@ -265,4 +305,33 @@ pub fn encode_flush(dst: &mut BytesMut) {
 pub fn encode_close(dst: &mut BytesMut) {
     dst.put_u8(TAG_CLOSE);
     dst.put_u32(4);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_encoders_match_the_typed_requests() {
+        let b1 = Begin { isolation: 1, read_only: false, session_id: Bytes::from_static(b"s1\0") };
+        let b2 = Begin { isolation: 2, read_only: true, session_id: Bytes::from_static(b"\0") };
+        let mut want = BytesMut::new();
+        let elems = vec![BeginElem { begin: b1.clone(), conn_id: 3 }, BeginElem { begin: b2.clone(), conn_id: 300 }];
+        encode_command(&mut want, Some(-1), &Request::TxnBeginGetGxidMulti(elems));
+        let mut got = BytesMut::new();
+        encode_begin_multi(&mut got, Some(-1), [(&b1, 3), (&b2, 300)].into_iter());
+        assert_eq!(got, want);
+
+        for (t, req) in [
+            (MsgType::TXN_COMMIT_MULTI, Request::TxnCommitMulti(vec![7, 8, 9])),
+            (MsgType::TXN_ROLLBACK_MULTI, Request::TxnRollbackMulti(vec![7, 8, 9])),
+            (MsgType::SNAPSHOT_GET_MULTI, Request::SnapshotGetMulti(vec![7, 8, 9])),
+        ] {
+            let mut want = BytesMut::new();
+            encode_command(&mut want, Some(-1), &req);
+            let mut got = BytesMut::new();
+            encode_gxid_multi(&mut got, Some(-1), t, [7u32, 8, 9].into_iter());
+            assert_eq!(got, want, "{t:?}");
+        }
+    }
 }

@@ -217,9 +217,27 @@ fn gxid_list(r: &mut Reader) -> Result<Vec<u32>, DecodeError> {
 }
 
 fn put_gxid_list(dst: &mut BytesMut, v: &[u32]) {
-    dst.i32be(v.len() as i32);
-    for &g in v {
+    put_gxid_multi(dst, v.iter().copied());
+}
+
+/// Payload of `MSG_TXN_COMMIT_MULTI`, `MSG_TXN_ROLLBACK_MULTI` or
+/// `MSG_SNAPSHOT_GET_MULTI` (and of the waited-for lists): a count, then the
+/// GXIDs. Takes an iterator so a caller's own element list needs no copy.
+pub fn put_gxid_multi(dst: &mut BytesMut, gxids: impl ExactSizeIterator<Item = u32>) {
+    dst.i32be(gxids.len() as i32);
+    for g in gxids {
         dst.u32le(g);
+    }
+}
+
+/// Payload of `MSG_TXN_BEGIN_GETGXID_MULTI`: a count, then each begin with
+/// its backend's connection id. Takes borrowed elements so a caller's own
+/// element list needs no copy.
+pub fn put_begin_multi<'a>(dst: &mut BytesMut, elems: impl ExactSizeIterator<Item = (&'a Begin, i16)>) {
+    dst.i32be(elems.len() as i32);
+    for (b, conn_id) in elems {
+        b.encode(dst);
+        dst.i16be(conn_id);
     }
 }
 
@@ -395,13 +413,7 @@ impl Request {
                 dst.str_u32be(name);
             }
             TxnBegin(b) | TxnBeginGetGxid(b) => b.encode(dst),
-            TxnBeginGetGxidMulti(v) => {
-                dst.i32be(v.len() as i32);
-                for e in v {
-                    e.begin.encode(dst);
-                    dst.i16be(e.conn_id);
-                }
-            }
+            TxnBeginGetGxidMulti(v) => put_begin_multi(dst, v.iter().map(|e| (&e.begin, e.conn_id))),
             TxnStartPrepared { gxid, gid, nodes } => {
                 dst.u32le(*gxid);
                 dst.str_u32be(gid);

@@ -37,6 +37,8 @@ pub struct Acceptor {
     backoff: Duration,
     allow: AllowList,
     max_backends: usize,
+    /// Applied to every accepted backend; fixed at start-up.
+    keepalive: crate::netio::Keepalive,
     exhausted_log: RateLimit,
     refused_log: RateLimit,
 }
@@ -71,6 +73,7 @@ impl Acceptor {
             backoff: RETRY_MIN,
             allow,
             max_backends: cfg.max_backends,
+            keepalive: super::keepalive_of(cfg),
             exhausted_log: RateLimit::new(Duration::from_secs(10)),
             refused_log: RateLimit::new(Duration::from_secs(10)),
         })
@@ -205,7 +208,7 @@ impl Acceptor {
             return;
         }
         let _ = sock.set_nodelay(true);
-        super::net::set_keepalive(&sock);
+        crate::netio::set_keepalive(&sock, self.keepalive);
         if let Err(s) = pool.dispatch(super::mio_to_std(sock)) {
             warn!("refusing connection from {peer}: no worker is running");
             super::refuse(mio::net::TcpStream::from_std(s), "gtm_proxy has no running worker");

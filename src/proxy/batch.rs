@@ -20,11 +20,12 @@ use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::admission::Grouped;
 use crate::codec::frame::{self, TAG_RESULT};
 use crate::codec::types::status;
 use crate::codec::{
-    encode_command, encode_command_raw, encode_error, encode_flush, Begin, ErrorFields, MsgType, Request, Response,
-    ResultType, ServerFrame,
+    encode_begin_multi, encode_command, encode_command_raw, encode_error, encode_flush, encode_gxid_multi, Begin,
+    ErrorFields, MsgType, Request, Response, ResultType, ServerFrame,
 };
 
 /// Where an answer goes: the backend's identifier on the upstream link and
@@ -91,39 +92,16 @@ impl Pending {
     pub fn encode(&self, dst: &mut BytesMut) {
         match self {
             Pending::Forward(f) => encode_command_raw(dst, Some(f.route.conn), f.msg_type, &f.payload),
-            Pending::Begin(v) => {
-                // Same bytes as `Request::TxnBeginGetGxidMulti`, written in
-                // place to avoid cloning every element.
-                let start = frame::begin(dst, frame::TAG_COMMAND);
-                dst.put_i16_le(-1);
-                dst.put_i32(MsgType::TXN_BEGIN_GETGXID_MULTI.0);
-                dst.put_i32(v.len() as i32);
-                for (r, b) in v {
-                    dst.put_i32(b.isolation);
-                    dst.put_u8(b.read_only as u8);
-                    dst.put_u32(b.session_id.len() as u32);
-                    dst.extend_from_slice(&b.session_id);
-                    dst.put_i16(r.conn);
-                }
-                frame::finish(dst, start);
-            }
-            Pending::Commit(v) => encode_gxid_multi(dst, MsgType::TXN_COMMIT_MULTI, v),
-            Pending::Rollback(v) => encode_gxid_multi(dst, MsgType::TXN_ROLLBACK_MULTI, v),
-            Pending::Snapshot(v) => encode_gxid_multi(dst, MsgType::SNAPSHOT_GET_MULTI, v),
+            Pending::Begin(v) => encode_begin_multi(dst, Some(-1), v.iter().map(|(r, b)| (b, r.conn))),
+            Pending::Commit(v) => gxid_multi(dst, MsgType::TXN_COMMIT_MULTI, v),
+            Pending::Rollback(v) => gxid_multi(dst, MsgType::TXN_ROLLBACK_MULTI, v),
+            Pending::Snapshot(v) => gxid_multi(dst, MsgType::SNAPSHOT_GET_MULTI, v),
         }
     }
 }
 
-fn encode_gxid_multi(dst: &mut BytesMut, t: MsgType, v: &[(Route, u32)]) {
-    dst.reserve(frame::HEADER_LEN + 10 + 4 * v.len());
-    let start = frame::begin(dst, frame::TAG_COMMAND);
-    dst.put_i16_le(-1);
-    dst.put_i32(t.0);
-    dst.put_i32(v.len() as i32);
-    for (_, g) in v {
-        dst.put_u32_le(*g);
-    }
-    frame::finish(dst, start);
+fn gxid_multi(dst: &mut BytesMut, t: MsgType, v: &[(Route, u32)]) {
+    encode_gxid_multi(dst, Some(-1), t, v.iter().map(|(_, g)| *g));
 }
 
 /// Requests collected during one poll round (or held while the upstream
@@ -151,6 +129,16 @@ impl Batcher {
     /// Requests waiting to be sent (disconnects excluded).
     pub fn len(&self) -> usize {
         self.forwards.len() + self.begins.len() + self.commits.len() + self.rollbacks.len() + self.snapshots.len()
+    }
+
+    /// Queue one element of a grouped request.
+    pub fn group(&mut self, route: Route, g: Grouped) {
+        match g {
+            Grouped::Begin(b) => self.begins.push((route, b)),
+            Grouped::Commit(gxid) => self.commits.push((route, gxid)),
+            Grouped::Rollback(gxid) => self.rollbacks.push((route, gxid)),
+            Grouped::Snapshot(gxid) => self.snapshots.push((route, gxid)),
+        }
     }
 
     /// Put an entry that was in flight back at the front, to be sent again.

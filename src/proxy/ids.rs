@@ -5,9 +5,11 @@
 //! `MSG_BACKEND_DISCONNECT` ends the transactions of one identifier, so an
 //! identifier must name exactly one backend at a time. Rules:
 //! * an identifier is handed out only while it is free;
-//! * when its backend goes, it stays *draining* until nothing is in flight
-//!   for it, and is freed only after that (the caller then sends
-//!   `MSG_BACKEND_DISCONNECT` before anything a new holder sends);
+//! * when its backend goes with a request outstanding (a backend has at
+//!   most one), it stays *draining*, holding the backend's
+//!   `MSG_BACKEND_DISCONNECT`, until that request is settled; only then is
+//!   it freed, and the caller sends the disconnect before anything a new
+//!   holder sends;
 //! * freed identifiers are reused oldest-first, so reuse is as late as
 //!   possible;
 //! * every holder gets a fresh generation, carried in each request's route,
@@ -18,41 +20,33 @@ use std::collections::VecDeque;
 /// Identifiers are non-negative `i16`: -1 is the GTM's "none / grouped".
 pub const MAX_IDS: usize = i16::MAX as usize + 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot<D> {
     Free,
     /// Held by the backend with this slab key and generation.
     Live {
         key: usize,
         gen: u32,
-        inflight: u32,
     },
-    /// Its backend has gone; requests are still in flight.
+    /// Its backend has gone while a request was outstanding; `disconnect`
+    /// is sent once that request is settled.
     Draining {
         gen: u32,
-        inflight: u32,
+        disconnect: Option<D>,
     },
 }
 
+/// The identifiers of one link. `D` is what must be sent when an identifier
+/// is freed (the backend's `MSG_BACKEND_DISCONNECT`).
 #[derive(Debug)]
-pub struct ConnIds {
-    slots: Vec<Slot>,
+pub struct ConnIds<D> {
+    slots: Vec<Slot<D>>,
     free: VecDeque<i16>,
     next_gen: u32,
     limit: usize,
 }
 
-/// What happened to an identifier when its in-flight count changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Released {
-    /// Still in use.
-    No,
-    /// The departed backend's last request was answered: the identifier is
-    /// free now and `MSG_BACKEND_DISCONNECT` must be sent for it.
-    Drained,
-}
-
-impl ConnIds {
+impl<D> ConnIds<D> {
     pub fn new(limit: usize) -> Self {
         ConnIds { slots: Vec::new(), free: VecDeque::new(), next_gen: 1, limit: limit.clamp(1, MAX_IDS) }
     }
@@ -74,7 +68,7 @@ impl ConnIds {
         } else {
             return None;
         };
-        self.slots[id as usize] = Slot::Live { key, gen, inflight: 0 };
+        self.slots[id as usize] = Slot::Live { key, gen };
         Some((id, gen))
     }
 
@@ -82,67 +76,46 @@ impl ConnIds {
     /// generation `gen`.
     pub fn lookup(&self, id: i16, gen: u32) -> Option<usize> {
         match self.slots.get(usize::try_from(id).ok()?) {
-            Some(Slot::Live { key, gen: g, .. }) if *g == gen => Some(*key),
+            Some(Slot::Live { key, gen: g }) if *g == gen => Some(*key),
             _ => None,
         }
     }
 
-    /// A request for (`id`, `gen`) was queued or sent.
-    pub fn add_inflight(&mut self, id: i16, gen: u32) {
-        if let Some(Slot::Live { gen: g, inflight, .. } | Slot::Draining { gen: g, inflight }) =
-            self.slots.get_mut(id as usize)
-        {
-            if *g == gen {
-                *inflight += 1;
-            }
-        }
-    }
-
-    /// A request for (`id`, `gen`) was answered or dropped.
-    pub fn done_inflight(&mut self, id: i16, gen: u32) -> Released {
-        let Some(slot) = self.slots.get_mut(id as usize) else { return Released::No };
+    /// The backend holding (`id`, `gen`) has gone. Without a request
+    /// `outstanding` the identifier is free at once and `disconnect` is
+    /// returned, to be sent now; otherwise it drains, keeping `disconnect`
+    /// until [`ConnIds::settled`].
+    pub fn release(&mut self, id: i16, gen: u32, outstanding: bool, disconnect: Option<D>) -> Option<D> {
+        let slot = self.slots.get_mut(usize::try_from(id).ok()?)?;
         match slot {
-            Slot::Live { gen: g, inflight, .. } if *g == gen => {
-                *inflight = inflight.saturating_sub(1);
-                Released::No
-            }
-            Slot::Draining { gen: g, inflight } if *g == gen => {
-                *inflight = inflight.saturating_sub(1);
-                if *inflight == 0 {
+            Slot::Live { gen: g, .. } if *g == gen => {
+                if outstanding {
+                    *slot = Slot::Draining { gen, disconnect };
+                    None
+                } else {
                     *slot = Slot::Free;
                     self.free.push_back(id);
-                    Released::Drained
-                } else {
-                    Released::No
+                    disconnect
                 }
             }
-            _ => Released::No,
+            _ => None,
         }
     }
 
-    /// The backend holding `id` has gone. Returns `Drained` when nothing was
-    /// in flight (the identifier is free now).
-    pub fn release(&mut self, id: i16, gen: u32) -> Released {
-        let Some(slot) = self.slots.get_mut(id as usize) else { return Released::No };
-        match *slot {
-            Slot::Live { gen: g, inflight, .. } if g == gen => {
-                if inflight == 0 {
-                    *slot = Slot::Free;
-                    self.free.push_back(id);
-                    Released::Drained
-                } else {
-                    *slot = Slot::Draining { gen, inflight };
-                    Released::No
-                }
+    /// A request of (`id`, `gen`) was answered or failed. If that was the
+    /// last thing a departed backend waited for, the identifier is free now
+    /// and its disconnect is returned, to be sent before anything a new
+    /// holder sends.
+    pub fn settled(&mut self, id: i16, gen: u32) -> Option<D> {
+        let slot = self.slots.get_mut(usize::try_from(id).ok()?)?;
+        match slot {
+            Slot::Draining { gen: g, disconnect } if *g == gen => {
+                let d = disconnect.take();
+                *slot = Slot::Free;
+                self.free.push_back(id);
+                d
             }
-            _ => Released::No,
-        }
-    }
-
-    pub fn inflight(&self, id: i16) -> u32 {
-        match self.slots.get(id as usize) {
-            Some(Slot::Live { inflight, .. } | Slot::Draining { inflight, .. }) => *inflight,
-            _ => 0,
+            _ => None,
         }
     }
 }
@@ -152,34 +125,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_not_reused_while_in_flight() {
+    fn ids_are_not_reused_while_draining() {
         let mut ids = ConnIds::new(2);
         let (a, ga) = ids.alloc(10).unwrap();
         let (b, _) = ids.alloc(11).unwrap();
         assert_ne!(a, b);
         assert!(ids.alloc(12).is_none(), "limit reached");
-        ids.add_inflight(a, ga);
-        assert_eq!(ids.release(a, ga), Released::No);
+        assert_eq!(ids.release(a, ga, true, Some("bye a")), None, "drains while its request is outstanding");
         assert!(ids.alloc(12).is_none(), "draining id is not reused");
         assert_eq!(ids.lookup(a, ga), None, "a departed backend is never found");
-        assert_eq!(ids.done_inflight(a, ga), Released::Drained);
+        assert_eq!(ids.settled(a, ga), Some("bye a"), "the disconnect goes out once settled");
         let (c, gc) = ids.alloc(12).unwrap();
         assert_eq!(c, a);
         assert_ne!(gc, ga);
         assert_eq!(ids.lookup(c, ga), None, "old generation does not reach the new holder");
         assert_eq!(ids.lookup(c, gc), Some(12));
-        // A late completion for the old generation changes nothing.
-        assert_eq!(ids.done_inflight(c, ga), Released::No);
-        assert_eq!(ids.inflight(c), 0);
+        // A late settlement for the old generation changes nothing.
+        assert_eq!(ids.settled(c, ga), None);
+        assert_eq!(ids.lookup(c, gc), Some(12));
+    }
+
+    #[test]
+    fn an_idle_backend_frees_its_id_at_once() {
+        let mut ids = ConnIds::new(1);
+        let (a, ga) = ids.alloc(10).unwrap();
+        assert_eq!(ids.settled(a, ga), None, "a live holder is not freed by a settlement");
+        assert_eq!(ids.release(a, ga, false, Some("bye")), Some("bye"));
+        assert_eq!(ids.in_use(), 0);
+        assert!(ids.alloc(11).is_some());
     }
 
     #[test]
     fn reuse_is_oldest_first() {
-        let mut ids = ConnIds::new(100);
+        let mut ids = ConnIds::<()>::new(100);
         let got: Vec<_> = (0..3).map(|k| ids.alloc(k).unwrap()).collect();
         for (id, g) in &got {
-            assert_eq!(ids.release(*id, *g), Released::Drained);
+            assert_eq!(ids.release(*id, *g, false, None), None);
         }
+        assert_eq!(ids.in_use(), 0);
         let (n1, _) = ids.alloc(7).unwrap();
         assert_eq!(n1, got[0].0);
         let (n2, _) = ids.alloc(8).unwrap();

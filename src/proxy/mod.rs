@@ -14,16 +14,17 @@
 
 pub mod acceptor;
 pub mod access;
+pub mod admission;
 pub mod backend;
 pub mod batch;
 pub mod failover;
 pub mod ids;
 pub mod ledger;
 pub mod metrics;
-pub mod net;
 pub mod pool;
 pub mod registration;
 pub mod upstream;
+pub mod vetting;
 pub mod worker;
 
 use std::io;
@@ -38,6 +39,7 @@ use mio::{Events, Poll, Token, Waker};
 
 use crate::config::{CliOverrides, Config};
 use crate::control::{self, PidFile};
+use crate::netio;
 use acceptor::Acceptor;
 use access::AllowList;
 use pool::Pool;
@@ -84,13 +86,10 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
     if let Err(e) = control::write_opts(&data_dir, argv) {
         warn!("cannot write gtm_proxy.opts: {e}");
     }
-    let fd_limit = net::raise_fd_limit();
-    info!("open file limit is {fd_limit}");
-    net::configure_keepalive(net::Keepalive {
-        idle: cfg.keepalives_idle,
-        interval: cfg.keepalives_interval,
-        count: cfg.keepalives_count,
-    });
+    match netio::raise_fd_limit() {
+        Ok(n) => info!("open file limit is {n}"),
+        Err(e) => warn!("cannot raise the open file limit: {e}"),
+    }
 
     let mut poll = Poll::new().map_err(|e| ProxyError::Io("poll", e))?;
     let allow = AllowList::from_config(&cfg).map_err(ProxyError::Access)?;
@@ -278,6 +277,11 @@ fn reload(cur: &Config, cli: &CliOverrides, data_dir: &Path) -> Option<Config> {
     }
     info!("configuration reloaded");
     Some(new)
+}
+
+/// The keepalive settings of `cfg`.
+pub(crate) fn keepalive_of(cfg: &Config) -> netio::Keepalive {
+    netio::Keepalive { idle: cfg.keepalives_idle, interval: cfg.keepalives_interval, count: cfg.keepalives_count }
 }
 
 /// Read `newgtm`; a bad or missing file is logged and ignored.

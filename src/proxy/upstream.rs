@@ -9,22 +9,23 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use super::backend::{read_into, write_from, ReadOutcome};
-use super::batch::Pending;
+use super::batch::{Batcher, Pending, SyncError};
+use crate::codec::frame;
 use crate::codec::types::node_type;
-use crate::codec::StartupPacket;
+use crate::codec::{DecodeError, FrameError, ServerFrame, StartupPacket};
+use crate::netio::{self, Keepalive, ReadOutcome};
 
 /// The GTM's frames are at most ~64 KiB; this bounds one read burst.
 const UPSTREAM_READ_CAP: usize = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkState {
+enum LinkState {
     Down,
     Connecting,
     Starting,
@@ -44,34 +45,56 @@ pub enum LinkError {
     #[error("GTM refused the link: {0}")]
     Refused(String),
     #[error("protocol error on the GTM link: {0}")]
-    Protocol(String),
+    Frame(#[from] FrameError),
+    #[error("protocol error on the GTM link: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("protocol error on the GTM link: expected the startup answer")]
+    NotStartupAnswer,
+    #[error("protocol error on the GTM link: answer received while none was owed")]
+    Unsolicited,
+    #[error("protocol error on the GTM link: {0}")]
+    OutOfStep(#[from] SyncError),
     #[error("GTM silent for {0:?} while {1} answers are owed")]
-    Silent(std::time::Duration, usize),
+    Silent(Duration, usize),
     #[error("no startup answer from the GTM within {0:?}")]
-    StartupTimeout(std::time::Duration),
+    StartupTimeout(Duration),
+    /// Not a failure: `gtm_ctl reconnect` moved the link to another GTM.
+    #[error("reconnect ordered")]
+    ReconnectOrdered,
+}
+
+/// What the GTM sent, as far as the link is concerned.
+#[derive(Debug)]
+pub enum Incoming {
+    /// The startup answer: the link is ready now. `same_client_id` is true
+    /// when the GTM granted the client id this link had before.
+    Ready { client_id: u32, same_client_id: bool },
+    /// An answer to the oldest owed frame.
+    Answer(ServerFrame),
 }
 
 pub struct Upstream {
-    pub host: String,
-    pub port: u16,
-    pub state: LinkState,
+    host: String,
+    port: u16,
+    state: LinkState,
     sock: Option<TcpStream>,
-    pub rbuf: BytesMut,
-    pub wbuf: BytesMut,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
     /// Client id the GTM gave this link; re-presented on reconnect.
-    pub client_id: u32,
+    client_id: u32,
     /// Frames sent and not yet answered, oldest first.
-    pub fifo: VecDeque<Pending>,
+    fifo: VecDeque<Pending>,
     /// Last time bytes arrived from the GTM (or the link became ready).
-    pub last_read: Instant,
-    pub node_name: String,
+    last_read: Instant,
+    node_name: String,
     read_paused: bool,
     /// When the current connection attempt started.
-    pub attempt_started: Instant,
+    attempt_started: Instant,
+    keepalive: Keepalive,
 }
 
 impl Upstream {
-    pub fn new(host: String, port: u16, node_name: String) -> Self {
+    pub fn new(host: String, port: u16, node_name: String, keepalive: Keepalive) -> Self {
         Upstream {
             host,
             port,
@@ -85,6 +108,7 @@ impl Upstream {
             node_name,
             read_paused: false,
             attempt_started: Instant::now(),
+            keepalive,
         }
     }
 
@@ -92,10 +116,52 @@ impl Upstream {
         self.state == LinkState::Ready
     }
 
+    pub fn is_down(&self) -> bool {
+        self.state == LinkState::Down
+    }
+
     pub fn addr_string(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// Use another GTM from the next connection attempt on.
+    pub fn retarget(&mut self, host: String, port: u16) {
+        self.host = host;
+        self.port = port;
+    }
+
+    /// Answers owed by the GTM.
+    pub fn owed(&self) -> usize {
+        self.fifo.len()
+    }
+
+    /// The oldest frame that owes an answer.
+    pub fn pop_owed(&mut self) -> Option<Pending> {
+        self.fifo.pop_front()
+    }
+
+    /// Put back a frame taken with [`Upstream::pop_owed`].
+    pub fn unpop_owed(&mut self, p: Pending) {
+        self.fifo.push_front(p);
+    }
+
+    /// Hand every owed frame back to `batch`, in order, to be sent again.
+    pub fn requeue_owed(&mut self, batch: &mut Batcher) {
+        while let Some(p) = self.fifo.pop_back() {
+            batch.requeue(p);
+        }
+    }
+
+    /// Ready, owing answers, and nothing heard for longer than `limit`.
+    pub fn silent_longer_than(&self, now: Instant, limit: Duration) -> bool {
+        self.is_ready() && !self.fifo.is_empty() && now.duration_since(self.last_read) > limit
+    }
+
+    /// A connection attempt has been under way for longer than `limit`.
+    pub fn attempt_longer_than(&self, now: Instant, limit: Duration) -> bool {
+        matches!(self.state, LinkState::Connecting | LinkState::Starting)
+            && now.duration_since(self.attempt_started) > limit
+    }
     /// Start a non-blocking connect. The startup packet is queued at once;
     /// it goes out when the socket becomes writable.
     pub fn connect(&mut self, registry: &Registry, token: Token) -> Result<(), LinkError> {
@@ -109,7 +175,7 @@ impl Upstream {
         let mut sock = TcpStream::connect(addr).map_err(|e| LinkError::Connect(addr, e))?;
         registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
         let _ = sock.set_nodelay(true);
-        crate::proxy::net::set_keepalive(&sock);
+        netio::set_keepalive(&sock, self.keepalive);
         self.sock = Some(sock);
         self.state = LinkState::Connecting;
         self.attempt_started = Instant::now();
@@ -152,7 +218,7 @@ impl Upstream {
             return Ok(());
         }
         if let Some(sock) = self.sock.as_mut() {
-            write_from(sock, &mut self.wbuf)?;
+            netio::write_from(sock, &mut self.wbuf)?;
         }
         Ok(())
     }
@@ -164,13 +230,52 @@ impl Upstream {
             return Ok(());
         }
         let before = self.rbuf.len();
-        let outcome = read_into(sock, &mut self.rbuf, scratch, UPSTREAM_READ_CAP, &mut self.read_paused)?;
+        let outcome = netio::read_into(sock, &mut self.rbuf, scratch, UPSTREAM_READ_CAP, true)?;
+        self.read_paused = outcome == ReadOutcome::Full;
         if self.rbuf.len() > before {
             self.last_read = Instant::now();
         }
         match outcome {
             ReadOutcome::Eof => Err(LinkError::Eof),
-            ReadOutcome::Open => Ok(()),
+            ReadOutcome::Drained | ReadOutcome::Full => Ok(()),
+        }
+    }
+
+    /// Write everything `batch` collected, then push it out.
+    pub fn send_batch(&mut self, batch: &mut Batcher, max: usize) -> Result<(), LinkError> {
+        let n = batch.flush(max, &mut self.wbuf, &mut self.fifo);
+        if n > 0 && self.fifo.len() == n {
+            // Nothing was owed before: the silence clock starts now.
+            self.last_read = Instant::now();
+        }
+        self.flush()
+    }
+
+    /// Queue the goodbye (`X`) and push out what is buffered, best effort.
+    pub fn say_goodbye(&mut self) {
+        crate::codec::encode_close(&mut self.wbuf);
+        let _ = self.flush();
+    }
+
+    /// The next whole frame from the GTM, if one is buffered. While
+    /// starting, the startup answer makes the link ready; a refusal or any
+    /// other frame is an error.
+    pub fn next_frame(&mut self) -> Result<Option<Incoming>, LinkError> {
+        let Some(raw) = frame::split(&mut self.rbuf, frame::DEFAULT_MAX_FRAME * 4)? else { return Ok(None) };
+        let f = ServerFrame::decode(raw, self.state == LinkState::Ready)?;
+        if self.state != LinkState::Starting {
+            return Ok(Some(Incoming::Answer(f)));
+        }
+        match f {
+            ServerFrame::Ready { client_id } => {
+                let same_client_id = self.client_id != 0 && self.client_id == client_id;
+                self.client_id = client_id;
+                self.state = LinkState::Ready;
+                self.last_read = Instant::now();
+                Ok(Some(Incoming::Ready { client_id, same_client_id }))
+            }
+            ServerFrame::Error { fields, .. } => Err(LinkError::Refused(fields.message())),
+            _ => Err(LinkError::NotStartupAnswer),
         }
     }
 

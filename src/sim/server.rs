@@ -16,7 +16,7 @@
 //! forces a flush. On other links every answer is flushed at once. Unflushed
 //! output is discarded when a link closes, as the GTM's thread does.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +35,7 @@ use super::{LinkCtx, Outcome};
 use crate::codec::frame::{TAG_CLOSE, TAG_COMMAND, TAG_FLUSH, TAG_STARTUP};
 use crate::codec::types::MsgType;
 use crate::codec::{encode_error, encode_result, startup, ErrorFields, StartupPacket};
+use crate::netio::{self, ReadOutcome};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -367,32 +368,16 @@ impl Server {
     /// Best-effort write of every link's flushed output (before exiting).
     fn write_everything(&mut self) {
         for (_, c) in self.conns.iter_mut() {
-            while !c.out.is_empty() {
-                match c.stream.write(&c.out) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => c.out.advance(n),
-                }
-            }
+            let _ = netio::write_from(&mut c.stream, &mut c.out);
         }
     }
 
     fn write_and_reap(&mut self, key: usize) {
         let Some(c) = self.conns.get_mut(key) else { return };
-        while !c.out.is_empty() {
-            match c.stream.write(&c.out) {
-                Ok(0) => {
-                    c.out.clear();
-                    c.eof = true;
-                }
-                Ok(n) => c.out.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("link {}: write failed: {e}", c.link_id);
-                    c.out.clear();
-                    c.eof = true;
-                }
-            }
+        if let Err(e) = netio::write_from(&mut c.stream, &mut c.out) {
+            log::debug!("link {}: write failed: {e}", c.link_id);
+            c.out.clear();
+            c.eof = true;
         }
         if c.eof && !matches!(c.phase, Phase::Closing) {
             if let Phase::Ready(link) = &c.phase {
@@ -424,31 +409,15 @@ fn read_all(c: &mut Conn) {
         return;
     }
     let mut buf = [0u8; READ_CHUNK];
-    let mut budget = READ_PER_TURN;
+    let cap = c.input.len() + READ_PER_TURN;
     c.more_input = false;
-    loop {
-        if budget == 0 {
-            c.more_input = true;
-            return;
-        }
-        match c.stream.read(&mut buf) {
-            Ok(0) => {
-                c.eof = true;
-                return;
-            }
-            Ok(n) => {
-                c.input.extend_from_slice(&buf[..n]);
-                budget = budget.saturating_sub(n);
-            }
-            Err(e) => match e.kind() {
-                io::ErrorKind::WouldBlock => return,
-                io::ErrorKind::Interrupted => continue,
-                _ => {
-                    log::debug!("link {}: read failed: {e}", c.link_id);
-                    c.eof = true;
-                    return;
-                }
-            },
+    match netio::read_into(&mut c.stream, &mut c.input, &mut buf, cap, false) {
+        Ok(ReadOutcome::Drained) => {}
+        Ok(ReadOutcome::Full) => c.more_input = true,
+        Ok(ReadOutcome::Eof) => c.eof = true,
+        Err(e) => {
+            log::debug!("link {}: read failed: {e}", c.link_id);
+            c.eof = true;
         }
     }
 }

@@ -469,7 +469,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, rec: Option<Arc<Mutex<Vec<u8>>>>
 
 /// Raise this process's open-file limit (for many client sockets).
 pub fn raise_fd_limit() -> u64 {
-    gtmproxy::proxy::net::raise_fd_limit()
+    gtmproxy::netio::raise_fd_limit().unwrap_or(0)
 }
 
 /// Poll `f` until it returns Some, bounded by `within`.

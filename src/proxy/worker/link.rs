@@ -1,0 +1,264 @@
+//! The GTM side of a worker: the link's start-up, answers on their way
+//! back to the backends, and what happens when the link fails.
+//!
+//! An answer's way back: [`Worker::on_upstream_event`] reads the link;
+//! [`Worker::route_answers`] takes each whole frame from [`Upstream`](crate::proxy::upstream::Upstream);
+//! [`Worker::route_answer`] matches it to the oldest owed frame, splits it
+//! per backend ([`split_answer`]), vets each part ([`vetting::vet`]) and
+//! writes the verdict into the backend's output, which the worker writes at
+//! the end of the round.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use log::{debug, error, info, trace, warn};
+
+use super::{TimerKind, Work, Worker, UPSTREAM};
+use crate::codec::ServerFrame;
+use crate::proxy::batch::{split_answer, Route};
+use crate::proxy::failover::Action;
+use crate::proxy::upstream::{Incoming, LinkError};
+use crate::proxy::vetting::{self, Verdict};
+
+impl Worker {
+    pub(super) fn connect_upstream(&mut self) {
+        if let Err(e) = self.up.connect(self.poll.registry(), UPSTREAM) {
+            self.link_failed(e);
+        }
+    }
+
+    pub(super) fn on_upstream_event(&mut self, readable: bool, writable: bool) {
+        if writable {
+            if let Err(e) = self.up.on_writable() {
+                self.link_failed(e);
+                return;
+            }
+        }
+        if readable {
+            loop {
+                if let Err(e) = self.up.read(&mut self.scratch) {
+                    // Route what did arrive before reporting the failure.
+                    let _ = self.route_answers();
+                    self.link_failed(e);
+                    return;
+                }
+                if let Err(e) = self.route_answers() {
+                    self.link_failed(e);
+                    return;
+                }
+                if !self.up.read_paused() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Take every whole frame the GTM sent: the startup answer, or answers
+    /// for the backends.
+    fn route_answers(&mut self) -> Result<(), LinkError> {
+        while let Some(incoming) = self.up.next_frame()? {
+            match incoming {
+                Incoming::Ready { client_id, same_client_id } => self.link_ready(client_id, same_client_id),
+                Incoming::Answer(f) => self.route_answer(&f)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The GTM answered the startup packet: requests flow again.
+    fn link_ready(&mut self, client_id: u32, same_client_id: bool) {
+        let addr = self.up.addr_string();
+        info!("worker {}: connected to GTM {addr} as client id {client_id}", self.id);
+        if same_client_id {
+            warn!(
+                "worker {}: GTM {addr} granted this link's previous client id {client_id}: \
+                 treating it as a promoted standby (backend disconnects are no longer sent)",
+                self.id
+            );
+            self.keys_unreliable = true;
+        }
+        self.floors.link = self.high.get();
+        self.failover.on_connected();
+        self.connect_failures = 0;
+        if let Some(t) = self.failover_timer.take() {
+            self.timers.cancel(t);
+        }
+        if !self.batch.is_empty() {
+            info!("worker {}: sending {} held requests", self.id, self.batch.len());
+        }
+    }
+
+    /// Split one answer per backend, vet each, and queue it for its backend.
+    fn route_answer(&mut self, f: &ServerFrame) -> Result<(), LinkError> {
+        let Some(pending) = self.up.pop_owed() else { return Err(LinkError::Unsolicited) };
+        self.stats.upstream_frames.fetch_add(1, Ordering::Relaxed);
+        let mut delivered = Vec::with_capacity(pending.len());
+        let mut refused = Vec::new();
+        let (id, floors) = (self.id, self.floors);
+        let res = split_answer(&pending, f, |route, gxid, answer| {
+            delivered.push(route);
+            let verdict = vetting::vet(&mut self.ledger, &self.high, floors, &pending, route, gxid, answer);
+            log_verdict(id, verdict);
+            if let Verdict::DuplicateGxid { gxid, .. } = verdict {
+                refused.push(gxid);
+            }
+            trace!("worker {id}: answer for id {} (gxid {gxid}): {answer:?}, {verdict:?}", route.conn);
+            if let Some(key) = self.ids.lookup(route.conn, route.gen) {
+                if let Some(b) = self.backends.get_mut(key) {
+                    if verdict.write(answer, &mut b.wbuf) {
+                        self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    b.answered();
+                    self.work.queue(key, b, Work::Process);
+                }
+            }
+        });
+        if !refused.is_empty() {
+            // Not rolled back: a GTM whose counter is behind may hold an
+            // older transaction with the same GXID, and ending that one
+            // could make a commit in progress look finished. Left for the
+            // DBA, who has to repair the GTM anyway.
+            error!("worker {}: GXIDs refused and left open on GTM {}: {refused:?}", self.id, self.up.addr_string());
+        }
+        if let Err(e) = res {
+            // Put the entry back: the owner decides what to do with it.
+            self.up.unpop_owed(pending);
+            return Err(LinkError::OutOfStep(e));
+        }
+        for route in delivered {
+            self.request_done(route);
+        }
+        Ok(())
+    }
+
+    /// The request of `route` is settled (answered or failed): a departed
+    /// backend's identifier may be free now, after its disconnect.
+    fn request_done(&mut self, route: Route) {
+        if let Some(d) = self.ids.settled(route.conn, route.gen) {
+            self.batch.disconnects.push((route.conn, d));
+        }
+    }
+
+    pub(super) fn flush_batch(&mut self) {
+        if !self.up.is_ready() || self.batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.up.send_batch(&mut self.batch, self.cfg.batch_max) {
+            self.link_failed(e);
+        }
+    }
+
+    /// The GTM link is unusable (or a connection attempt failed). Work that
+    /// was sent and not answered goes back in front of the held requests, to
+    /// be replayed on the next link; the failover stages decide when that is.
+    pub(super) fn link_failed(&mut self, err: LinkError) {
+        let ordered = matches!(err, LinkError::ReconnectOrdered);
+        let was_ready = self.up.is_ready();
+        self.up.close(self.poll.registry());
+        let owed = self.up.owed();
+        if was_ready {
+            self.stats.link_failures.fetch_add(1, Ordering::Relaxed);
+            error!(
+                "worker {}: GTM link {} lost: {err}; {owed} requests in flight will be replayed, {} held",
+                self.id,
+                self.up.addr_string(),
+                self.batch.len()
+            );
+        } else if !ordered {
+            // Log the first failures, then ever more rarely: a GTM that is
+            // down for an hour must not flood the log.
+            self.connect_failures += 1;
+            let n = self.connect_failures;
+            if n <= 3 || n.is_power_of_two() {
+                warn!("worker {}: cannot connect to GTM {} (attempt {n}): {err}", self.id, self.up.addr_string());
+            } else {
+                debug!("worker {}: cannot connect to GTM {} (attempt {n}): {err}", self.id, self.up.addr_string());
+            }
+        }
+        self.up.requeue_owed(&mut self.batch);
+        if was_ready {
+            self.floors.replay = self.high.get();
+        }
+        if !ordered {
+            self.down_reason = format!("{err} (GTM {})", self.up.addr_string());
+        }
+        let action = if ordered {
+            self.failover.on_reconnect_order()
+        } else if was_ready {
+            self.failover.on_link_lost()
+        } else {
+            self.failover.on_attempt_failed()
+        };
+        self.perform(action);
+    }
+
+    pub(super) fn perform(&mut self, action: Action) {
+        if let Some(t) = self.failover_timer.take() {
+            self.timers.cancel(t);
+        }
+        match action {
+            Action::Connect => self.connect_upstream(),
+            Action::Wait(d) => {
+                self.failover_timer = Some(self.timers.arm_in(Instant::now(), d, TimerKind::Failover));
+            }
+            Action::FailHeldAndWait(d) => {
+                error!(
+                    "worker {}: GTM unavailable, giving up on {} held requests; still retrying every {d:?}",
+                    self.id,
+                    self.batch.len()
+                );
+                let msg = format!("GTM unavailable: {}", self.down_reason);
+                for route in self.batch.take_routes() {
+                    self.fail_request(route, &msg);
+                }
+                self.failover_timer = Some(self.timers.arm_in(Instant::now(), d, TimerKind::Failover));
+            }
+        }
+    }
+
+    /// Answer a request that will not reach the GTM with an `E`.
+    fn fail_request(&mut self, route: Route, msg: &str) {
+        if let Some(key) = self.ids.lookup(route.conn, route.gen) {
+            if let Some(b) = self.backends.get_mut(key) {
+                b.send_error("ERROR", msg);
+                b.answered();
+                self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+                self.work.queue(key, b, Work::Process);
+            }
+        }
+        self.request_done(route);
+    }
+
+    /// Held requests older than `hold_timeout` get an `E`.
+    pub(super) fn expire_held(&mut self, now: Instant) {
+        let limit = self.cfg.hold_timeout;
+        let expired: Vec<Route> = self
+            .backends
+            .iter()
+            .filter(|(_, b)| b.waiting_since().is_some_and(|since| now.duration_since(since) > limit))
+            .map(|(_, b)| b.route())
+            .collect();
+        for route in expired {
+            if self.batch.drop_route(route) > 0 {
+                let msg = format!("GTM unavailable: {} (request held longer than hold_timeout)", self.down_reason);
+                warn!("worker {}: backend id {}: {msg}", self.id, route.conn);
+                self.fail_request(route, &msg);
+            }
+        }
+    }
+}
+
+/// Say what vetting changed, if anything.
+fn log_verdict(id: usize, verdict: Verdict) {
+    match verdict {
+        Verdict::Pass => {}
+        Verdict::DuplicateGxid { gxid, floor } => error!(
+            "worker {id}: GTM handed out GXID {gxid}, not above GXID {floor} already handed \
+             out by this proxy: refusing it to avoid duplicate transaction ids"
+        ),
+        Verdict::AlreadyEnded { gxid, .. } => {
+            warn!("worker {id}: GTM does not know GXID {gxid} any more; its end is reported as done")
+        }
+        Verdict::Lost { gxid } => error!("worker {id}: GTM lost open transaction {gxid}; its backend must abort"),
+    }
+}

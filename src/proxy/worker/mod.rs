@@ -1,0 +1,337 @@
+//! One worker: a mio event loop owning a set of backends and one GTM link.
+//!
+//! Each poll round: (1) handle readiness — read backend sockets into their
+//! buffers, read the GTM link and route its answers; (2) process every
+//! backend with unprocessed input (at most one request outstanding each);
+//! (3) flush the round's batch upstream, followed by `F`; (4) write backend
+//! output. Nothing blocks: a silent or slow backend only ever delays itself.
+//!
+//! This file is the dispatcher; the work is in two rooms along a request's
+//! path:
+//! * `backends.rs`, the way in: `on_backend_event` (socket read) →
+//!   `process_backend` (one frame at a time) → `handle_request`
+//!   ([`admission::admit`](super::admission::admit) into the [`Batcher`])
+//!   → `flush_batch` ([`Upstream::send_batch`], the upstream write);
+//! * `link.rs`, the way back: `on_upstream_event` (link read) →
+//!   `route_answers` ([`Upstream::next_frame`]) → `route_answer`
+//!   ([`split_answer`](super::batch::split_answer), then
+//!   [`vetting::vet`](super::vetting::vet) per backend, written to its
+//!   output) → `write_backends` (socket write). `link` also owns the link's
+//!   start-up and failure (`link_ready`, `link_failed`, failover steps).
+
+mod backends;
+mod link;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use log::{error, info};
+use mio::{Events, Poll, Token, Waker};
+use slab::Slab;
+
+use super::backend::{Backend, READ_CHUNK};
+use super::batch::{Batcher, Route};
+use super::failover::{Failover, Policy};
+use super::ids::ConnIds;
+use super::ledger::{HighWater, Ledger};
+use super::upstream::{LinkError, Upstream};
+use super::vetting::Floors;
+use crate::codec::frame;
+use crate::codec::Request;
+use crate::config::Config;
+use crate::timers::{TimerId, Timers};
+
+const WAKER: Token = Token(0);
+const UPSTREAM: Token = Token(1);
+const FIRST_BACKEND: usize = 2;
+/// Housekeeping period: silent-link and held-request checks.
+const TICK: Duration = Duration::from_millis(250);
+/// Longest a connection attempt may take to reach the startup answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest frame accepted from a backend.
+const MAX_BACKEND_FRAME: usize = frame::DEFAULT_MAX_FRAME;
+
+/// Orders from the main thread.
+#[derive(Debug)]
+pub enum Control {
+    NewBackend(std::net::TcpStream),
+    /// Move to another GTM (gtm_ctl reconnect).
+    Reconnect {
+        host: String,
+        port: u16,
+    },
+    Shutdown(StopMode),
+    /// SIGHUP: settings that can change while running.
+    Reload(Arc<Config>),
+}
+
+/// Stop modes, as `gtm_ctl stop -m smart|fast|immediate` (SIGTERM, SIGINT,
+/// SIGQUIT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopMode {
+    /// Stop accepting; wait for backends to leave.
+    Smart,
+    /// Answer what is in flight, then close every backend.
+    Fast,
+    /// Leave at once.
+    Immediate,
+}
+
+/// Counters shared with the main thread (and, later, the metrics endpoint).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub backends: AtomicUsize,
+    pub requests: AtomicU64,
+    pub upstream_frames: AtomicU64,
+    pub errors_sent: AtomicU64,
+    pub link_failures: AtomicU64,
+    /// 1 while the GTM link is ready.
+    pub link_up: AtomicUsize,
+    /// Requests waiting to be sent (held while the link is down).
+    pub queued: AtomicUsize,
+    /// Answers owed by the GTM.
+    pub in_flight: AtomicUsize,
+    /// GXIDs in the ledger.
+    pub ledger_gxids: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerKind {
+    Tick,
+    Failover,
+}
+
+/// Route of the proxy's own requests (rollbacks of GXIDs it refuses or
+/// cleans up): its answers are dropped.
+const INTERNAL: Route = Route { conn: -1, gen: 0 };
+
+/// What a backend is queued for in this round.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    /// Parse its buffered frames.
+    Process,
+    /// Write its buffered output.
+    Write,
+}
+
+/// Backends with work this round, each listed at most once per kind.
+#[derive(Debug, Default)]
+struct WorkLists {
+    process: Vec<usize>,
+    write: Vec<usize>,
+}
+
+impl WorkLists {
+    /// Queue backend `key` for `work` unless it already is.
+    fn queue(&mut self, key: usize, b: &mut Backend, work: Work) {
+        let (mark, list) = match work {
+            Work::Process => (&mut b.queued.process, &mut self.process),
+            Work::Write => (&mut b.queued.write, &mut self.write),
+        };
+        if !*mark {
+            *mark = true;
+            list.push(key);
+        }
+    }
+}
+
+pub struct Worker {
+    id: usize,
+    poll: Poll,
+    cfg: Arc<Config>,
+    rx: Receiver<Control>,
+    backends: Slab<Backend>,
+    ids: ConnIds<Request>,
+    up: Upstream,
+    batch: Batcher,
+    work: WorkLists,
+    timers: Timers<TimerKind>,
+    failover: Failover,
+    failover_timer: Option<TimerId>,
+    /// Why the link is down (for the errors held requests get).
+    down_reason: String,
+    ledger: Ledger,
+    high: Arc<HighWater>,
+    /// GXID floors for answer vetting (see [`crate::proxy::vetting`]).
+    floors: Floors,
+    /// The GTM granted the client id this link had before: it is a promoted
+    /// standby, where (client id, backend id) may match other links'
+    /// transactions, so `MSG_BACKEND_DISCONNECT` is not safe any more.
+    keys_unreliable: bool,
+    /// Connection attempts failed since the link was last ready.
+    connect_failures: u64,
+    scratch: Vec<u8>,
+    stats: Arc<WorkerStats>,
+    stopping: Option<(StopMode, Instant)>,
+}
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        rx: Receiver<Control>,
+        stats: Arc<WorkerStats>,
+        high: Arc<HighWater>,
+    ) -> std::io::Result<(Worker, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let up = Upstream::new(cfg.gtm_host.clone(), cfg.gtm_port, cfg.nodename.clone(), super::keepalive_of(&cfg));
+        let policy = Policy::from_config(&cfg);
+        let w = Worker {
+            id,
+            poll,
+            ids: ConnIds::new(crate::proxy::ids::MAX_IDS),
+            cfg,
+            rx,
+            backends: Slab::new(),
+            up,
+            batch: Batcher::default(),
+            work: WorkLists::default(),
+            timers: Timers::new(),
+            failover: Failover::new(policy),
+            failover_timer: None,
+            down_reason: "not connected yet".into(),
+            ledger: Ledger::default(),
+            high,
+            floors: Floors::default(),
+            keys_unreliable: false,
+            connect_failures: 0,
+            scratch: vec![0; READ_CHUNK],
+            stats,
+            stopping: None,
+        };
+        Ok((w, waker))
+    }
+
+    /// Run until stopped.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let now = Instant::now();
+        self.timers.arm_in(now, TICK, TimerKind::Tick);
+        self.connect_upstream();
+        loop {
+            let timeout = self.timers.next_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    error!("worker {}: poll failed: {e}", self.id);
+                    break;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => self.on_control(),
+                    UPSTREAM => self.on_upstream_event(ev.is_readable(), ev.is_writable() || ev.is_error()),
+                    Token(t) => self.on_backend_event(t - FIRST_BACKEND, ev.is_readable(), ev.is_writable()),
+                }
+            }
+            let now = Instant::now();
+            for t in self.timers.expired(now) {
+                self.on_timer(t, now);
+            }
+            self.process_backends();
+            self.flush_batch();
+            self.write_backends();
+            self.publish_gauges();
+            if self.finished() {
+                break;
+            }
+        }
+        self.shutdown_link();
+        info!("worker {} stopped", self.id);
+    }
+
+    /// Gauges for the metrics endpoint; plain stores, once per round.
+    fn publish_gauges(&self) {
+        let s = &self.stats;
+        s.link_up.store(self.up.is_ready() as usize, Ordering::Relaxed);
+        s.queued.store(self.batch.len(), Ordering::Relaxed);
+        s.in_flight.store(self.up.owed(), Ordering::Relaxed);
+        s.ledger_gxids.store(self.ledger.len(), Ordering::Relaxed);
+    }
+
+    fn finished(&mut self) -> bool {
+        let Some((mode, since)) = self.stopping else { return false };
+        match mode {
+            StopMode::Immediate => true,
+            StopMode::Fast => {
+                // Close backends that owe nothing; give the rest a bounded wait.
+                let idle: Vec<usize> = self.backends.iter().filter(|(_, b)| !b.is_waiting()).map(|(k, _)| k).collect();
+                for k in idle {
+                    self.close_backend(k, "fast shutdown");
+                }
+                let waited_out = since.elapsed() > Duration::from_secs(5);
+                if waited_out {
+                    let all: Vec<usize> = self.backends.iter().map(|(k, _)| k).collect();
+                    for k in all {
+                        self.close_backend(k, "fast shutdown (answer not received in time)");
+                    }
+                }
+                self.backends.is_empty() && (self.up.owed() == 0 || waited_out || !self.up.is_ready())
+            }
+            StopMode::Smart => self.backends.is_empty() && self.up.owed() == 0,
+        }
+    }
+
+    /// Send the last disconnects and close the link politely.
+    fn shutdown_link(&mut self) {
+        if self.up.is_ready() {
+            self.flush_batch();
+            self.up.say_goodbye();
+        }
+        self.up.close(self.poll.registry());
+    }
+
+    // ----- control channel -------------------------------------------------
+
+    fn on_control(&mut self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Control::NewBackend(s) => self.add_backend(s),
+                Control::Reconnect { host, port } => {
+                    info!("worker {}: moving to GTM {host}:{port}", self.id);
+                    self.up.retarget(host, port);
+                    self.link_failed(LinkError::ReconnectOrdered);
+                }
+                Control::Reload(cfg) => {
+                    self.failover.policy = Policy::from_config(&cfg);
+                    self.cfg = cfg;
+                    info!("worker {}: configuration reloaded", self.id);
+                }
+                Control::Shutdown(mode) => {
+                    info!("worker {}: {mode:?} shutdown", self.id);
+                    self.stopping = Some((mode, Instant::now()));
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self, t: TimerKind, now: Instant) {
+        match t {
+            TimerKind::Tick => {
+                self.timers.arm_in(now, TICK, TimerKind::Tick);
+                let limit = self.cfg.upstream_timeout;
+                if !limit.is_zero() && self.up.silent_longer_than(now, limit) {
+                    let n = self.up.owed();
+                    self.link_failed(LinkError::Silent(limit, n));
+                }
+                let attempt_limit = if limit.is_zero() { CONNECT_TIMEOUT } else { limit.min(CONNECT_TIMEOUT) };
+                if self.up.attempt_longer_than(now, attempt_limit) {
+                    // A GTM that accepts but never answers (stopped process).
+                    self.link_failed(LinkError::StartupTimeout(attempt_limit));
+                }
+                if !self.up.is_ready() && !self.batch.is_empty() {
+                    self.expire_held(now);
+                }
+            }
+            TimerKind::Failover => {
+                self.failover_timer = None;
+                if self.up.is_down() {
+                    let action = self.failover.on_timer();
+                    self.perform(action);
+                }
+            }
+        }
+    }
+}
