@@ -472,6 +472,40 @@ fn an_invalid_network_list_on_reload_keeps_the_running_one() {
     c.begin();
 }
 
+#[test]
+fn node_names_and_remote_types_are_checked_at_startup_and_reloaded() {
+    let sim = Daemon::sim();
+    let conf = "allowed_node_names = 'coord1, dn1'\nallowed_remote_types = 'coordinator, datanode'\n";
+    let proxy = Daemon::proxy(sim.addr, "127.0.0.1", conf, 1, |_| {});
+    let startup = |name: &str, remote_type: i32| {
+        let mut c = Client::connect(proxy.addr);
+        c.send_startup(name, remote_type);
+        let r = c.reply();
+        (c, r)
+    };
+    let (_, r) = startup("intruder", node_type::COORDINATOR);
+    let msg = fatal_message(&r).unwrap_or_else(|| panic!("expected FATAL, got {r:?}"));
+    assert!(msg.contains("intruder") && msg.contains("allowed_node_names"), "{msg}");
+    let (_, r) = startup("coord1", node_type::DEFAULT);
+    let msg = fatal_message(&r).unwrap_or_else(|| panic!("expected FATAL, got {r:?}"));
+    assert!(msg.contains("allowed_remote_types"), "{msg}");
+    let (mut ok, r) = startup("dn1", node_type::DATANODE);
+    assert!(matches!(r, Reply::Frame(ServerFrame::Ready { .. })), "{r:?}");
+    ok.begin();
+    eventually(WAIT, "the refusals in the log", || Some(()).filter(|_| proxy.log().contains("allowed_node_names")));
+
+    // Reload: any node name, only the default remote type.
+    std::fs::write(proxy.dir.join("gtm_proxy.conf"), "allowed_remote_types = 'default'\n").expect("conf");
+    proxy.signal(libc::SIGHUP);
+    let mut anyone = eventually(WAIT, "the reload to allow the default type", || {
+        let (c, r) = startup("anyone", node_type::DEFAULT);
+        matches!(r, Reply::Frame(ServerFrame::Ready { .. })).then_some(c)
+    });
+    anyone.begin();
+    let (_, r) = startup("dn1", node_type::DATANODE);
+    assert!(fatal_message(&r).is_some(), "{r:?}");
+}
+
 // ----- reconnect order while the new GTM is slow to register -------------------
 
 /// In front of a real GTM: relays every link, except that a registration
