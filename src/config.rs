@@ -247,7 +247,7 @@ pub struct Config {
     pub max_backends: usize,
     /// Extension: cap of one backend's unsent output, in bytes (default 1 MiB).
     pub backend_output_limit: usize,
-    /// Extension: Prometheus metrics port, `GET /metrics` on the first listen address (default 0 = off).
+    /// Extension: Prometheus metrics port, `GET /metrics` on `metrics_listen_address` (default 0 = off).
     pub metrics_port: u16,
     /// Extension: address the metrics endpoint binds to (default 127.0.0.1).
     pub metrics_listen_address: String,

@@ -1,4 +1,4 @@
-//! The GTM proxy daemon: start-up, the accept loop, signals, and shutdown.
+//! The GTM proxy daemon: start-up, the main loop, signals, and shutdown.
 //!
 //! Threads: the main thread owns the listeners ([`acceptor`]), the
 //! registration link and signal handling, and never blocks on a peer;
