@@ -66,6 +66,10 @@ keys! {
     max_backends: Reload,
     backend_output_limit: Reload,
     metrics_port: Restart,
+    metrics_listen_address: Restart,
+    allowed_client_networks: Reload,
+    allowed_node_names: Reload,
+    allowed_remote_types: Reload,
     gtm_required_at_start: Restart,
 }
 
