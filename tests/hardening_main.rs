@@ -56,12 +56,19 @@ fn metrics(port: u16) -> String {
 
 // ----- stop escalation ------------------------------------------------------
 
-#[test]
-fn fast_stop_after_smart_stop_takes_over() {
+/// A simulator, a proxy with `workers` workers in front of it, and one
+/// backend that has been served once.
+fn serving_proxy(workers: usize) -> (Daemon, Daemon, Client) {
     let sim = Daemon::sim(&[]);
-    let mut proxy = proxy(sim.addr, "", 2);
+    let proxy = proxy(sim.addr, "", workers);
     let mut b = Client::backend(proxy.addr, NAME);
     b.begin();
+    (sim, proxy, b)
+}
+
+#[test]
+fn fast_stop_after_smart_stop_takes_over() {
+    let (_sim, mut proxy, mut b) = serving_proxy(2);
     proxy.signal(libc::SIGTERM);
     // Smart: the connected backend keeps being served.
     b.begin();
@@ -74,10 +81,7 @@ fn fast_stop_after_smart_stop_takes_over() {
 
 #[test]
 fn immediate_stop_after_smart_stop_takes_over() {
-    let sim = Daemon::sim(&[]);
-    let mut proxy = proxy(sim.addr, "", 1);
-    let mut b = Client::backend(proxy.addr, NAME);
-    b.begin();
+    let (_sim, mut proxy, mut b) = serving_proxy(1);
     proxy.signal(libc::SIGTERM);
     b.begin();
     proxy.signal(libc::SIGQUIT);
@@ -86,10 +90,7 @@ fn immediate_stop_after_smart_stop_takes_over() {
 
 #[test]
 fn milder_stop_does_not_weaken_a_fast_stop() {
-    let sim = Daemon::sim(&[]);
-    let mut proxy = proxy(sim.addr, "", 1);
-    let mut b = Client::backend(proxy.addr, NAME);
-    b.begin();
+    let (_sim, mut proxy, mut b) = serving_proxy(1);
     proxy.signal(libc::SIGINT);
     proxy.signal(libc::SIGTERM);
     let code = proxy.wait_exit(WAIT).map(|st| st.code());
