@@ -14,7 +14,8 @@
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +53,22 @@ pub fn command(bin: &str) -> Command {
     let mut c = Command::new(bin);
     c.env_remove("RUST_LOG").stdin(Stdio::null());
     c
+}
+
+/// Start `cmd`'s process with at most `n` open descriptors (RLIMIT_NOFILE
+/// lowered in the child before exec), to drive it out of descriptors.
+pub fn limit_open_files(cmd: &mut Command, n: u64) {
+    // SAFETY: the closure only calls setrlimit (async-signal-safe) in the
+    // forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped.
@@ -269,6 +286,19 @@ impl Daemon {
     /// Like [`Daemon::proxy`] with further command-line arguments (`-h` must
     /// be among them; `-p 0` unless they give `-p`). `log_min_messages = INFO` unless `conf` sets a level.
     pub fn proxy_args(gtm: SocketAddr, conf: &str, workers: usize, extra: &[&str]) -> Daemon {
+        Self::proxy_with(gtm, conf, workers, extra, |_| {})
+    }
+
+    /// Like [`Daemon::proxy_args`], with `setup` adjusting the command
+    /// (environment, [`limit_open_files`]) before it starts. A restart does
+    /// not repeat `setup`.
+    pub fn proxy_with(
+        gtm: SocketAddr,
+        conf: &str,
+        workers: usize,
+        extra: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         write_proxy_conf(&dir, conf);
@@ -277,7 +307,12 @@ impl Daemon {
             args.extend(["-p".to_string(), "0".to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::start(proxy_bin(), args, dir.clone(), dir.join("gtm_proxy.port"), Some(tmp))
+        let mut cmd = command(proxy_bin());
+        cmd.args(&args);
+        setup(&mut cmd);
+        let mut d = Self::launch(cmd, &dir, &dir.join("gtm_proxy.port"));
+        d._tmp = Some(tmp);
+        d
     }
 
     /// A `gtm_proxy` with exactly `args` (nothing added, `-p` included),
@@ -465,7 +500,19 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let sock = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        Self::from_stream(TcpStream::connect_timeout(&addr, WAIT).expect("connect"))
+    }
+
+    /// Connect from the local address `local` (any 127/8 address works on
+    /// loopback), to be seen by the server as another host.
+    pub fn connect_from(local: Ipv4Addr, addr: SocketAddr) -> Client {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        s.bind(&SocketAddr::V4(SocketAddrV4::new(local, 0)).into()).expect("bind local address");
+        s.connect_timeout(&addr.into(), WAIT).expect("connect");
+        Self::from_stream(s.into())
+    }
+
+    fn from_stream(sock: TcpStream) -> Client {
         sock.set_nodelay(true).expect("nodelay");
         sock.set_write_timeout(Some(WAIT)).expect("write timeout");
         sock.set_read_timeout(Some(WAIT)).expect("read timeout");
@@ -474,10 +521,7 @@ impl Client {
 
     /// Send a startup packet and read the `R` answer; returns the client id.
     pub fn startup(&mut self, name: &str, remote_type: i32, postmaster: bool, client_id: u32) -> u32 {
-        self.proxied = remote_type == node_type::GTM_PROXY;
-        let mut b = BytesMut::new();
-        StartupPacket::new(name, remote_type, postmaster, client_id).encode(&mut b);
-        self.send_raw(&b);
+        self.send_startup(name, remote_type, postmaster, client_id);
         match self.recv() {
             ServerFrame::Ready { client_id } => {
                 self.client_id = Some(client_id);
@@ -485,6 +529,15 @@ impl Client {
             }
             other => panic!("startup answered with {other:?}"),
         }
+    }
+
+    /// Send a startup packet without reading the answer (which may be `R`
+    /// or an `E` refusal; read it with [`Client::try_recv`]).
+    pub fn send_startup(&mut self, name: &str, remote_type: i32, postmaster: bool, client_id: u32) {
+        self.proxied = remote_type == node_type::GTM_PROXY;
+        let mut b = BytesMut::new();
+        StartupPacket::new(name, remote_type, postmaster, client_id).encode(&mut b);
+        self.send_raw(&b);
     }
 
     /// Connect and start up as a default backend (remote type 6).
@@ -605,6 +658,13 @@ impl Client {
         let mut b = BytesMut::new();
         f.encode(&mut b);
         b.to_vec()
+    }
+
+    /// The next frame, or None if the link closed first; panics if nothing
+    /// arrives within the timeout.
+    pub fn try_recv(&mut self) -> Option<ServerFrame> {
+        let raw = self.try_recv_raw()?;
+        Some(ServerFrame::decode(raw, self.proxied).expect("decodable answer"))
     }
 
     pub fn recv(&mut self) -> ServerFrame {
