@@ -38,6 +38,10 @@ pub const TEST_DEATH_ENV: &str = "GTM_PROXY_TEST_WORKER_DIES";
 
 struct Handle {
     tx: Sender<Control>,
+    /// The pool's own end of the worker's channel: it outlives the worker,
+    /// so an order or a connection sent just as the worker dies stays
+    /// queued and is served by the worker started in its place.
+    rx: Receiver<Control>,
     waker: Arc<Waker>,
     stats: Arc<WorkerStats>,
     thread: Option<JoinHandle<()>>,
@@ -97,16 +101,21 @@ impl Pool {
             test_death,
         };
         for i in 0..n {
-            let h = pool.start(i, cfg, Arc::new(WorkerStats::default()))?;
+            let h = pool.start(i, cfg, Arc::new(WorkerStats::default()), unbounded())?;
             pool.handles.push(h);
         }
         Ok(pool)
     }
 
-    fn start(&mut self, i: usize, cfg: &Arc<Config>, stats: Arc<WorkerStats>) -> Result<Handle, PoolError> {
-        let (tx, rx) = unbounded();
-        let (w, waker) =
-            Worker::new(i, cfg.clone(), rx, stats.clone(), self.high.clone()).map_err(|e| PoolError::Spawn(i, e))?;
+    fn start(
+        &mut self,
+        i: usize,
+        cfg: &Arc<Config>,
+        stats: Arc<WorkerStats>,
+        (tx, rx): (Sender<Control>, Receiver<Control>),
+    ) -> Result<Handle, PoolError> {
+        let (w, waker) = Worker::new(i, cfg.clone(), rx.clone(), stats.clone(), self.high.clone())
+            .map_err(|e| PoolError::Spawn(i, e))?;
         let notice = DeathNotice { index: i, tx: self.deaths_tx.clone(), main: self.main.clone() };
         let die_now = self.test_death.is_some_and(|(d, _)| d == i);
         if die_now && self.test_death.is_some_and(|(_, always)| !always) {
@@ -123,7 +132,7 @@ impl Pool {
                 w.run()
             })
             .map_err(|e| PoolError::Spawn(i, e))?;
-        Ok(Handle { tx, waker, stats, thread: Some(thread), dead: false })
+        Ok(Handle { tx, rx, waker, stats, thread: Some(thread), dead: false })
     }
 
     /// Counters, for the metrics endpoint (kept across respawns).
@@ -150,30 +159,18 @@ impl Pool {
 
     /// Hand a new connection to the live worker with the fewest backends
     /// (ties round-robin). Gives the socket back when no worker is alive.
-    pub fn dispatch(&mut self, mut sock: std::net::TcpStream) -> Result<(), std::net::TcpStream> {
-        let n = self.handles.len();
-        for _ in 0..n {
-            let loads: Vec<Option<usize>> =
-                self.handles.iter().map(|h| Self::alive(h).then(|| h.stats.backends.load(Ordering::Relaxed))).collect();
-            let Some(best) = least_loaded(&loads, self.next) else { return Err(sock) };
-            self.next = self.next.wrapping_add(1);
-            let h = &mut self.handles[best];
-            match h.tx.send(Control::NewBackend(sock)) {
-                Ok(()) => {
-                    let _ = h.waker.wake();
-                    return Ok(());
-                }
-                Err(crossbeam_channel::SendError(c)) => {
-                    // Its receiver is gone: the worker died after the check.
-                    h.dead = true;
-                    match c {
-                        Control::NewBackend(s) => sock = s,
-                        _ => unreachable!("we sent a NewBackend"),
-                    }
-                }
-            }
-        }
-        Err(sock)
+    /// A worker that dies after the check leaves the connection queued on
+    /// its channel, for the worker started in its place ([`Pool::reap`]).
+    pub fn dispatch(&mut self, sock: std::net::TcpStream) -> Result<(), std::net::TcpStream> {
+        let loads: Vec<Option<usize>> =
+            self.handles.iter().map(|h| Self::alive(h).then(|| h.stats.backends.load(Ordering::Relaxed))).collect();
+        let Some(best) = least_loaded(&loads, self.next) else { return Err(sock) };
+        self.next = self.next.wrapping_add(1);
+        let h = &self.handles[best];
+        // Cannot fail: the pool holds a receiving end itself.
+        let _ = h.tx.send(Control::NewBackend(sock));
+        let _ = h.waker.wake();
+        Ok(())
     }
 
     /// Send an order to every live worker.
@@ -212,7 +209,12 @@ impl Pool {
             // Its backends are gone with it; per-request counters keep counting.
             stats.backends.store(0, Ordering::Relaxed);
             stats.link_up.store(0, Ordering::Relaxed);
-            let h = self.start(i, cfg, stats)?;
+            // The same channel: what was queued for the dead worker goes to
+            // the new one.
+            let chan = (self.handles[i].tx.clone(), self.handles[i].rx.clone());
+            let h = self.start(i, cfg, stats, chan)?;
+            // It reads its channel when woken: there may be work queued already.
+            let _ = h.waker.wake();
             self.handles[i] = h;
             warn!("worker {i} restarted");
         }
