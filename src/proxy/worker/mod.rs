@@ -167,6 +167,12 @@ pub struct Worker {
     stopping: Option<(StopMode, Instant)>,
 }
 
+/// A seed for the retry jitter that differs between workers and processes.
+fn jitter_seed(id: usize) -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    (u64::from(std::process::id()) << 32) ^ u64::from(t) ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 impl Worker {
     pub fn new(
         id: usize,
@@ -190,7 +196,7 @@ impl Worker {
             batch: Batcher::default(),
             work: WorkLists::default(),
             timers: Timers::new(),
-            failover: Failover::new(policy),
+            failover: Failover::new(policy, jitter_seed(id)),
             failover_timer: None,
             down_reason: "not connected yet".into(),
             ledger: Ledger::default(),
