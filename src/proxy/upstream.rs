@@ -145,11 +145,10 @@ impl Upstream {
         self.fifo.push_front(p);
     }
 
-    /// Hand every owed frame back to `batch`, in order, to be sent again.
-    pub fn requeue_owed(&mut self, batch: &mut Batcher) {
-        while let Some(p) = self.fifo.pop_back() {
-            batch.requeue(p);
-        }
+    /// Take every owed frame, oldest first (the link is gone; the owner
+    /// decides which are sent again).
+    pub fn take_owed(&mut self) -> Vec<Pending> {
+        self.fifo.drain(..).collect()
     }
 
     /// Ready, owing answers, and nothing heard for longer than `limit`.

@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use log::{debug, error, info, trace, warn};
 
+use super::replay::{self, Rule, MAX_REPLAYS, OUTCOME_UNKNOWN};
 use super::{TimerKind, Work, Worker, UPSTREAM};
 use crate::codec::ServerFrame;
-use crate::proxy::batch::{split_answer, Route};
+use crate::proxy::batch::{split_answer, Pending, Route};
 use crate::proxy::failover::Action;
 use crate::proxy::upstream::{Incoming, LinkError};
 use crate::proxy::vetting::{self, Verdict};
@@ -134,6 +135,7 @@ impl Worker {
     /// The request of `route` is settled (answered or failed): a departed
     /// backend's identifier may be free now, after its disconnect.
     fn request_done(&mut self, route: Route) {
+        self.replays.settled(route);
         if let Some(d) = self.ids.settled(route.conn, route.gen) {
             self.batch.disconnects.push((route.conn, d));
         }
@@ -159,7 +161,7 @@ impl Worker {
         if was_ready {
             self.stats.link_failures.fetch_add(1, Ordering::Relaxed);
             error!(
-                "worker {}: GTM link {} lost: {err}; {owed} requests in flight will be replayed, {} held",
+                "worker {}: GTM link {} lost: {err}; {owed} requests in flight (sent again or failed by their replay rule), {} held",
                 self.id,
                 self.up.addr_string(),
                 self.batch.len()
@@ -175,7 +177,7 @@ impl Worker {
                 debug!("worker {}: cannot connect to GTM {} (attempt {n}): {err}", self.id, self.up.addr_string());
             }
         }
-        self.up.requeue_owed(&mut self.batch);
+        self.settle_owed();
         if was_ready {
             self.floors.replay = self.high.get();
         }
@@ -190,6 +192,61 @@ impl Worker {
             self.failover.on_attempt_failed()
         };
         self.perform(action);
+    }
+
+    /// The link is gone with answers owed: each owed request is sent again
+    /// or answered with an `E`, by its message type's rule and the replay
+    /// limit (see [`replay`](super::replay)). Held requests stay held.
+    fn settle_owed(&mut self) {
+        let owed = self.up.take_owed();
+        let gtm = self.up.addr_string();
+        let mut failed: Vec<(Route, String)> = Vec::new();
+        // Newest first, each put in front: the replay keeps the old order.
+        for p in owed.into_iter().rev() {
+            let what = match &p {
+                Pending::Forward(f) => f.msg_type.to_string(),
+                _ => "grouped request".to_string(),
+            };
+            match replay::rule(&p) {
+                Rule::OutcomeUnknown => {
+                    for route in p.routes() {
+                        failed.push((
+                            route,
+                            format!(
+                                "{OUTCOME_UNKNOWN}: {what} was sent to GTM {gtm}, whose link was lost before it \
+                             answered; it may have been carried out and is not sent again"
+                            ),
+                        ));
+                    }
+                }
+                Rule::Replay => {
+                    let mut over = Vec::new();
+                    for route in p.routes() {
+                        if !self.replays.lost_once_more(route) {
+                            over.push(route);
+                        }
+                    }
+                    let p = if over.is_empty() { Some(p) } else { without_routes(p, &over) };
+                    for route in over {
+                        failed.push((
+                            route,
+                            format!(
+                                "{what} not sent again: the GTM link was lost {} times while it was in flight \
+                             (last: GTM {gtm})",
+                                MAX_REPLAYS + 1
+                            ),
+                        ));
+                    }
+                    if let Some(p) = p {
+                        self.batch.requeue(p);
+                    }
+                }
+            }
+        }
+        for (route, msg) in failed {
+            warn!("worker {}: backend id {}: {msg}", self.id, route.conn);
+            self.fail_request(route, &msg);
+        }
     }
 
     pub(super) fn perform(&mut self, action: Action) {
@@ -246,6 +303,19 @@ impl Worker {
             }
         }
     }
+}
+
+/// `p` without the elements of `routes`; None when nothing is left.
+fn without_routes(p: Pending, routes: &[Route]) -> Option<Pending> {
+    let keep = |r: &Route| !routes.contains(r);
+    let p = match p {
+        Pending::Forward(f) => return keep(&f.route).then_some(Pending::Forward(f)),
+        Pending::Begin(v) => Pending::Begin(v.into_iter().filter(|(r, _)| keep(r)).collect()),
+        Pending::Commit(v) => Pending::Commit(v.into_iter().filter(|(r, _)| keep(r)).collect()),
+        Pending::Rollback(v) => Pending::Rollback(v.into_iter().filter(|(r, _)| keep(r)).collect()),
+        Pending::Snapshot(v) => Pending::Snapshot(v.into_iter().filter(|(r, _)| keep(r)).collect()),
+    };
+    (!p.is_empty()).then_some(p)
 }
 
 /// Say what vetting changed, if anything.

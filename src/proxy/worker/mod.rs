@@ -21,6 +21,7 @@
 
 mod backends;
 mod link;
+pub mod replay;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -160,6 +161,8 @@ pub struct Worker {
     /// standby, where (client id, backend id) may match other links'
     /// transactions, so `MSG_BACKEND_DISCONNECT` is not safe any more.
     keys_unreliable: bool,
+    /// How often each request was in flight on a lost link.
+    replays: replay::ReplayCounts<Route>,
     /// Connection attempts failed since the link was last ready.
     connect_failures: u64,
     scratch: Vec<u8>,
@@ -203,6 +206,7 @@ impl Worker {
             high,
             floors: Floors::default(),
             keys_unreliable: false,
+            replays: Default::default(),
             connect_failures: 0,
             scratch: vec![0; READ_CHUNK],
             stats,
