@@ -280,11 +280,9 @@ fn held_requests_are_always_sent() {
     relay.s.refuse.store(true, Ordering::Relaxed);
     relay.cut(MsgType::TXN_GET_NEXT_GXID, false, 1);
     c.send(&Request::TxnGetNextGxid);
-    c.flush();
     eventually(WAIT, || (relay.cuts_done() == 1).then_some(()));
     // Sent while no link can exist: held, never written.
     c2.send(&next_val(b"s2\0"));
-    c2.flush();
     std::thread::sleep(QUIET);
     relay.s.refuse.store(false, Ordering::Relaxed);
     let r = c.response();

@@ -14,10 +14,11 @@ use std::time::Instant;
 use log::{debug, error, info, trace, warn};
 
 use super::replay::{self, Rule, MAX_REPLAYS, OUTCOME_UNKNOWN};
-use super::{TimerKind, Work, Worker, UPSTREAM};
-use crate::codec::ServerFrame;
+use super::{TimerKind, Work, Worker, INTERNAL, UPSTREAM};
+use crate::codec::{Request, ServerFrame};
 use crate::proxy::batch::{split_answer, Pending, Route};
 use crate::proxy::failover::Action;
+use crate::proxy::ledger::GxState;
 use crate::proxy::upstream::{Incoming, LinkError};
 use crate::proxy::vetting::{self, Verdict};
 
@@ -72,11 +73,13 @@ impl Worker {
         info!("worker {}: connected to GTM {addr} as client id {client_id}", self.id);
         if same_client_id {
             warn!(
-                "worker {}: GTM {addr} granted this link's previous client id {client_id}: \
-                 treating it as a promoted standby (backend disconnects are no longer sent)",
-                self.id
+                "worker {}: GTM {addr} granted this link's previous client id {client_id}: treating it as \
+                 a promoted standby; {} GXIDs from before are ended by GXID, not by backend disconnect",
+                self.id,
+                self.ledger.old_count()
             );
-            self.keys_unreliable = true;
+        } else {
+            self.ledger.clear_old();
         }
         self.floors.link = self.high.get();
         self.failover.on_connected();
@@ -180,6 +183,7 @@ impl Worker {
         self.settle_owed();
         if was_ready {
             self.floors.replay = self.high.get();
+            self.ledger.mark_old();
         }
         if !ordered {
             self.down_reason = format!("{err} (GTM {})", self.up.addr_string());
@@ -270,6 +274,50 @@ impl Worker {
                 }
                 self.failover_timer = Some(self.timers.arm_in(Instant::now(), d, TimerKind::Failover));
             }
+        }
+    }
+
+    /// A backend has left: end what it left open and return the
+    /// `MSG_BACKEND_DISCONNECT` to send once its identifier is free, if any.
+    ///
+    /// Normally the disconnect does it all. An identifier with work from
+    /// before a promotion (GXIDs marked old in the ledger) is the exception:
+    /// the promoted GTM keys those transactions by the client id of its
+    /// backup link, so a disconnect could miss them, or hit another link's
+    /// transactions keyed the same way by coincidence. For such a backend no
+    /// disconnect is sent; its GXIDs that are provably not prepared and not
+    /// being ended (open: no commit, rollback or prepare was ever asked for)
+    /// are rolled back by GXID, whether it left cleanly or abruptly; the
+    /// others are left to the GTM and logged. Once its old work has ended,
+    /// the identifier is back to normal.
+    pub(super) fn departure(&mut self, conn: i16, gen: u32, disconnect: Option<Request>) -> Option<Request> {
+        let old_work = self.ledger.has_old_work(conn);
+        let left = self.ledger.forget_backend(conn, gen);
+        for (gxid, state) in &left {
+            match state {
+                GxState::Vacuum => {
+                    debug!("worker {}: ending autovacuum GXID {gxid} of departed backend id {conn}", self.id);
+                    self.batch.rollbacks.push((INTERNAL, *gxid));
+                }
+                GxState::Open if old_work => {
+                    info!(
+                        "worker {}: rolling back GXID {gxid} of departed backend id {conn} (from before the promotion)",
+                        self.id
+                    );
+                    self.batch.rollbacks.push((INTERNAL, *gxid));
+                }
+                GxState::InDoubt if old_work => warn!(
+                    "worker {}: GXID {gxid} of departed backend id {conn} was being ended or prepared when the GTM \
+                     was promoted; left to the GTM",
+                    self.id
+                ),
+                _ => {}
+            }
+        }
+        if old_work {
+            None
+        } else {
+            disconnect
         }
     }
 

@@ -157,10 +157,6 @@ pub struct Worker {
     high: Arc<HighWater>,
     /// GXID floors for answer vetting (see [`crate::proxy::vetting`]).
     floors: Floors,
-    /// The GTM granted the client id this link had before: it is a promoted
-    /// standby, where (client id, backend id) may match other links'
-    /// transactions, so `MSG_BACKEND_DISCONNECT` is not safe any more.
-    keys_unreliable: bool,
     /// How often each request was in flight on a lost link.
     replays: replay::ReplayCounts<Route>,
     /// Connection attempts failed since the link was last ready.
@@ -205,7 +201,6 @@ impl Worker {
             ledger: Ledger::default(),
             high,
             floors: Floors::default(),
-            keys_unreliable: false,
             replays: Default::default(),
             connect_failures: 0,
             scratch: vec![0; READ_CHUNK],
