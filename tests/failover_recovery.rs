@@ -112,3 +112,22 @@ fn abrupt_exits_after_a_promotion_leave_nothing_open() {
     let log = proxy.log();
     assert!(log.contains("promoted standby"), "the proxy did not take the new GTM for a promoted standby:\n{log}");
 }
+
+/// A reconnect order naming the GTM by host name: the worker has it looked
+/// up by its resolver thread and moves there.
+#[test]
+fn gtm_host_names_are_resolved() {
+    let sim = Daemon::sim(&[]);
+    let other = Daemon::sim(&["--persist", "-x", "50000"]);
+    let proxy = Daemon::proxy(sim.addr, "", 1);
+    let mut c = Client::proxy_backend(proxy.addr, "cn1");
+    let g = c.begin();
+    commit_ok(&mut c, g);
+    std::fs::write(proxy.dir.join("newgtm"), format!("-s localhost -t {}\n", other.addr.port())).unwrap();
+    proxy.signal(libc::SIGUSR1);
+    let moved = format!("connected to GTM localhost:{}", other.addr.port());
+    eventually(WAIT, || proxy.log().contains(&moved).then_some(()));
+    // A transaction left open shows up on the other GTM.
+    c.begin();
+    wait_open_txns(&other.dir, 1);
+}

@@ -14,6 +14,7 @@ use std::time::Instant;
 use log::{debug, error, info, trace, warn};
 
 use super::replay::{self, Rule, MAX_REPLAYS, OUTCOME_UNKNOWN};
+use super::resolve::Resolver;
 use super::{TimerKind, Work, Worker, INTERNAL, UPSTREAM};
 use crate::codec::{Request, ServerFrame};
 use crate::proxy::batch::{split_answer, Pending, Route};
@@ -23,9 +24,40 @@ use crate::proxy::upstream::{Incoming, LinkError};
 use crate::proxy::vetting::{self, Verdict};
 
 impl Worker {
+    /// Start a connection attempt: at once to a literal address, else after
+    /// the resolver thread has looked the host up ([`Worker::on_resolved`]).
     pub(super) fn connect_upstream(&mut self) {
-        if let Err(e) = self.up.connect(self.poll.registry(), UPSTREAM) {
+        let (host, port) = (self.up.host().to_string(), self.up.port());
+        if let Some(addr) = Resolver::literal(&host, port) {
+            return self.connect_to(addr);
+        }
+        match self.resolver.request(&host, port) {
+            Ok(n) => {
+                self.lookup = Some(n);
+                self.up.start_resolving(self.poll.registry());
+            }
+            Err(e) => self.link_failed(LinkError::Resolve(self.up.addr_string(), e)),
+        }
+    }
+
+    fn connect_to(&mut self, addr: std::net::SocketAddr) {
+        if let Err(e) = self.up.connect(self.poll.registry(), UPSTREAM, addr) {
             self.link_failed(e);
+        }
+    }
+
+    /// Answers of the resolver thread: the current attempt goes on (or
+    /// fails); answers to earlier attempts are dropped.
+    pub(super) fn on_resolved(&mut self) {
+        while let Some((n, res)) = self.resolver.try_result() {
+            if self.lookup != Some(n) || !self.up.is_resolving() {
+                continue;
+            }
+            self.lookup = None;
+            match res {
+                Ok(addr) => self.connect_to(addr),
+                Err(e) => self.link_failed(LinkError::Resolve(self.up.addr_string(), e)),
+            }
         }
     }
 

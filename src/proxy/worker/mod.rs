@@ -22,6 +22,7 @@
 mod backends;
 mod link;
 pub mod replay;
+mod resolve;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -157,6 +158,10 @@ pub struct Worker {
     high: Arc<HighWater>,
     /// GXID floors for answer vetting (see [`crate::proxy::vetting`]).
     floors: Floors,
+    /// Looks the GTM host up off this thread.
+    resolver: resolve::Resolver,
+    /// The number of the lookup the current connection attempt waits for.
+    lookup: Option<u64>,
     /// How often each request was in flight on a lost link.
     replays: replay::ReplayCounts<Route>,
     /// Connection attempts failed since the link was last ready.
@@ -201,6 +206,8 @@ impl Worker {
             ledger: Ledger::default(),
             high,
             floors: Floors::default(),
+            resolver: resolve::Resolver::spawn(id, waker.clone())?,
+            lookup: None,
             replays: Default::default(),
             connect_failures: 0,
             scratch: vec![0; READ_CHUNK],
@@ -310,6 +317,7 @@ impl Worker {
                 }
             }
         }
+        self.on_resolved();
     }
 
     fn on_timer(&mut self, t: TimerKind, now: Instant) {
