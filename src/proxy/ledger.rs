@@ -9,13 +9,16 @@
 //!   GTM no longer knows, is done (the transaction is open nowhere);
 //! * a GTM that hands out a GXID not above the highest one handed out before
 //!   the current link was set up is refused (no duplicate transaction ids);
-//! * GXIDs handed out before a link loss are marked *old* until the next
-//!   link shows whether the GTM is a promoted standby. On a promoted standby
-//!   the GTM's (client id, backend id) keys of old transactions are not
-//!   reliable (the standby records the client id of its backup link for
-//!   transactions replicated after its start), so an identifier with old
-//!   work is treated specially until that work has ended (see the worker's
-//!   `departure`); on any other GTM the marks are dropped.
+//! * GXIDs handed out before a link loss are marked *old* until they end.
+//!   On the next GTM the (client id, backend id) keys of old transactions
+//!   are not reliable (a promoted standby records the client id of its
+//!   backup link for transactions replicated after its start, and a link
+//!   that did not get its old client id back has a new key anyway), so the
+//!   worker ends old GXIDs of departing backends by GXID, and an identifier
+//!   with old work on a promoted standby is treated specially until that
+//!   work has ended (see the worker's `departure`). A GTM that is behind
+//!   the proxy (it hands out GXIDs already handed out) drops the marks: the
+//!   old numbers may be someone else's there.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -135,15 +138,16 @@ impl Ledger {
     }
 
     /// A backend left: forget its GXIDs (what the GTM does with them is the
-    /// business of `MSG_BACKEND_DISCONNECT`). Returns the ones not ended.
-    pub fn forget_backend(&mut self, conn: i16, gen: u32) -> Vec<(u32, GxState)> {
-        let gone: Vec<(u32, GxState)> = self
+    /// business of `MSG_BACKEND_DISCONNECT`). Returns the ones not ended,
+    /// each with its state and whether it is old.
+    pub fn forget_backend(&mut self, conn: i16, gen: u32) -> Vec<(u32, GxState, bool)> {
+        let gone: Vec<(u32, GxState, bool)> = self
             .by_gxid
             .iter()
             .filter(|(_, e)| e.route.conn == conn && e.route.gen == gen)
-            .map(|(g, e)| (*g, e.state))
+            .map(|(g, e)| (*g, e.state, e.old))
             .collect();
-        for (g, _) in &gone {
+        for (g, _, _) in &gone {
             self.ended(*g);
         }
         gone
@@ -210,7 +214,7 @@ mod tests {
         l.ending(100);
         assert_eq!(l.state(100), Some(GxState::InDoubt));
         l.ended(101);
-        assert_eq!(l.forget_backend(3, 9), vec![(100, GxState::InDoubt)]);
+        assert_eq!(l.forget_backend(3, 9), vec![(100, GxState::InDoubt, false)]);
         assert!(l.is_empty());
     }
 

@@ -110,9 +110,8 @@ impl Worker {
                 self.id,
                 self.ledger.old_count()
             );
-        } else {
-            self.ledger.clear_old();
         }
+        self.promoted = same_client_id;
         self.floors.link = self.high.get();
         self.failover.on_connected();
         self.connect_failures = 0;
@@ -137,6 +136,9 @@ impl Worker {
             log_verdict(id, verdict);
             if let Verdict::DuplicateGxid { gxid, .. } = verdict {
                 refused.push(gxid);
+                // This GTM is behind: old GXID numbers may belong to others
+                // here, so they must never be rolled back by number.
+                self.ledger.clear_old();
             }
             trace!("worker {id}: answer for id {} (gxid {gxid}): {answer:?}, {verdict:?}", route.conn);
             if let Some(key) = self.ids.lookup(route.conn, route.gen) {
@@ -312,41 +314,42 @@ impl Worker {
     /// A backend has left: end what it left open and return the
     /// `MSG_BACKEND_DISCONNECT` to send once its identifier is free, if any.
     ///
-    /// Normally the disconnect does it all. An identifier with work from
-    /// before a promotion (GXIDs marked old in the ledger) is the exception:
-    /// the promoted GTM keys those transactions by the client id of its
-    /// backup link, so a disconnect could miss them, or hit another link's
-    /// transactions keyed the same way by coincidence. For such a backend no
-    /// disconnect is sent; its GXIDs that are provably not prepared and not
-    /// being ended (open: no commit, rollback or prepare was ever asked for)
-    /// are rolled back by GXID, whether it left cleanly or abruptly; the
-    /// others are left to the GTM and logged. Once its old work has ended,
-    /// the identifier is back to normal.
+    /// Normally the disconnect does it all. GXIDs from before a link loss
+    /// (old, see the ledger) are the exception: the new GTM may key them
+    /// differently (a promoted standby keys replicated transactions by the
+    /// client id of its backup link; a link with a new client id has a new
+    /// key), so the disconnect may miss them. Those that are provably not
+    /// prepared and not being ended (open: no commit, rollback or prepare
+    /// was ever asked for) are rolled back by GXID, however the backend
+    /// left; the others are left to the GTM and logged.
+    ///
+    /// On a promoted standby (this link got its old client id back) the
+    /// disconnect could also hit another link's old transactions keyed the
+    /// same way by coincidence; so while the identifier has old work no
+    /// disconnect is sent and its open GXIDs are all rolled back by GXID.
+    /// Once its old work has ended, the identifier is back to normal.
     pub(super) fn departure(&mut self, conn: i16, gen: u32, disconnect: Option<Request>) -> Option<Request> {
-        let old_work = self.ledger.has_old_work(conn);
+        let special = self.promoted && self.ledger.has_old_work(conn);
         let left = self.ledger.forget_backend(conn, gen);
-        for (gxid, state) in &left {
+        for (gxid, state, old) in &left {
             match state {
                 GxState::Vacuum => {
                     debug!("worker {}: ending autovacuum GXID {gxid} of departed backend id {conn}", self.id);
                     self.batch.rollbacks.push((INTERNAL, *gxid));
                 }
-                GxState::Open if old_work => {
-                    info!(
-                        "worker {}: rolling back GXID {gxid} of departed backend id {conn} (from before the promotion)",
-                        self.id
-                    );
+                GxState::Open if *old || special => {
+                    info!("worker {}: rolling back GXID {gxid} of departed backend id {conn} (from before the GTM link was lost)", self.id);
                     self.batch.rollbacks.push((INTERNAL, *gxid));
                 }
-                GxState::InDoubt if old_work => warn!(
+                GxState::InDoubt if *old => warn!(
                     "worker {}: GXID {gxid} of departed backend id {conn} was being ended or prepared when the GTM \
-                     was promoted; left to the GTM",
+                     link was lost; left to the GTM",
                     self.id
                 ),
                 _ => {}
             }
         }
-        if old_work {
+        if special {
             None
         } else {
             disconnect

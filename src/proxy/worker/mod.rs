@@ -162,6 +162,9 @@ pub struct Worker {
     resolver: resolve::Resolver,
     /// The number of the lookup the current connection attempt waits for.
     lookup: Option<u64>,
+    /// The current link got its previous client id back: the GTM is a
+    /// promoted standby (see `departure`).
+    promoted: bool,
     /// How often each request was in flight on a lost link.
     replays: replay::ReplayCounts<Route>,
     /// Connection attempts failed since the link was last ready.
@@ -208,6 +211,7 @@ impl Worker {
             floors: Floors::default(),
             resolver: resolve::Resolver::spawn(id, waker.clone())?,
             lookup: None,
+            promoted: false,
             replays: Default::default(),
             connect_failures: 0,
             scratch: vec![0; READ_CHUNK],
