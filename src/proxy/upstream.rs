@@ -146,6 +146,11 @@ impl Upstream {
         self.attempt_started = Instant::now();
     }
 
+    /// Keepalive settings for the next connections (SIGHUP).
+    pub fn set_keepalive(&mut self, k: Keepalive) {
+        self.keepalive = k;
+    }
+
     /// Use another GTM from the next connection attempt on.
     pub fn retarget(&mut self, host: String, port: u16) {
         self.host = host;
