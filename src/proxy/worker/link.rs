@@ -198,7 +198,8 @@ impl Worker {
         if was_ready && ordered {
             crate::xlog!(
                 LOG,
-                "worker {}: leaving the GTM link on a reconnect order; {owed} requests in flight will be replayed on {}",
+                "worker {}: leaving the GTM link on a reconnect order; {owed} requests in flight are sent again on {} \
+                 or failed by their replay rule",
                 self.id,
                 self.up.addr_string()
             );
