@@ -142,7 +142,8 @@ pub struct Config {
     pub gtm_port: u16,
     /// Number of worker threads, each with its own GTM link (default 2, >= 1).
     pub worker_threads: usize,
-    /// Sleep between reconnect attempts to the GTM (default 60 s).
+    /// Longest pause between reconnect attempts to the GTM (default 60 s);
+    /// the pauses back off from 100 ms up to it.
     pub gtm_connect_retry_interval: Duration,
     /// XC 1.0: sleep before the first reconnect attempt (default 0).
     pub gtm_connect_retry_idle: Duration,

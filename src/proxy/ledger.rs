@@ -8,7 +8,17 @@
 //! * commit/rollback of a GXID handed out before the link was lost, which the
 //!   GTM no longer knows, is done (the transaction is open nowhere);
 //! * a GTM that hands out a GXID not above the highest one handed out before
-//!   the current link was set up is refused (no duplicate transaction ids).
+//!   the current link was set up is refused (no duplicate transaction ids);
+//! * GXIDs handed out before a link loss are marked *old* until they end.
+//!   On the next GTM the (client id, backend id) keys of old transactions
+//!   are not reliable (a promoted standby records the client id of its
+//!   backup link for transactions replicated after its start, and a link
+//!   that did not get its old client id back has a new key anyway), so the
+//!   worker ends old GXIDs of departing backends by GXID, and an identifier
+//!   with old work on a promoted standby is treated specially until that
+//!   work has ended (see the worker's `departure`). A GTM that is behind
+//!   the proxy (it hands out GXIDs already handed out) drops the marks: the
+//!   old numbers may be someone else's there.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,35 +45,92 @@ pub enum GxState {
     Vacuum,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    route: Route,
+    state: GxState,
+    /// Handed out before the last link loss (see the module docs).
+    old: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Ledger {
-    by_gxid: HashMap<u32, (Route, GxState)>,
+    by_gxid: HashMap<u32, Entry>,
+    /// Old GXIDs per backend identifier.
+    old_by_conn: HashMap<i16, u32>,
 }
 
 impl Ledger {
     pub fn begun(&mut self, route: Route, gxid: u32) {
-        self.by_gxid.insert(gxid, (route, GxState::Open));
+        self.insert(gxid, Entry { route, state: GxState::Open, old: false });
     }
 
     pub fn begun_vacuum(&mut self, route: Route, gxid: u32) {
-        self.by_gxid.insert(gxid, (route, GxState::Vacuum));
+        self.insert(gxid, Entry { route, state: GxState::Vacuum, old: false });
+    }
+
+    fn insert(&mut self, gxid: u32, e: Entry) {
+        if let Some(prev) = self.by_gxid.insert(gxid, e) {
+            self.unmark(&prev);
+        }
+    }
+
+    fn unmark(&mut self, e: &Entry) {
+        if e.old {
+            if let Some(n) = self.old_by_conn.get_mut(&e.route.conn) {
+                *n -= 1;
+                if *n == 0 {
+                    self.old_by_conn.remove(&e.route.conn);
+                }
+            }
+        }
+    }
+
+    /// The link was lost: every GXID handed out so far is old.
+    pub fn mark_old(&mut self) {
+        for e in self.by_gxid.values_mut() {
+            if !e.old {
+                e.old = true;
+                *self.old_by_conn.entry(e.route.conn).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// The new link is not a promoted standby: nothing is old any more.
+    pub fn clear_old(&mut self) {
+        for e in self.by_gxid.values_mut() {
+            e.old = false;
+        }
+        self.old_by_conn.clear();
+    }
+
+    /// GXIDs from before the last link loss, in all.
+    pub fn old_count(&self) -> u32 {
+        self.old_by_conn.values().sum()
+    }
+
+    /// The identifier `conn` has GXIDs from before the last link loss.
+    pub fn has_old_work(&self, conn: i16) -> bool {
+        self.old_by_conn.contains_key(&conn)
     }
 
     /// A commit, rollback or prepare was sent for `gxid`.
     pub fn ending(&mut self, gxid: u32) {
         if let Some(e) = self.by_gxid.get_mut(&gxid) {
-            if e.1 == GxState::Open {
-                e.1 = GxState::InDoubt;
+            if e.state == GxState::Open {
+                e.state = GxState::InDoubt;
             }
         }
     }
 
     pub fn ended(&mut self, gxid: u32) {
-        self.by_gxid.remove(&gxid);
+        if let Some(e) = self.by_gxid.remove(&gxid) {
+            self.unmark(&e);
+        }
     }
 
     pub fn state(&self, gxid: u32) -> Option<GxState> {
-        self.by_gxid.get(&gxid).map(|e| e.1)
+        self.by_gxid.get(&gxid).map(|e| e.state)
     }
 
     pub fn is_open(&self, gxid: u32) -> bool {
@@ -71,16 +138,17 @@ impl Ledger {
     }
 
     /// A backend left: forget its GXIDs (what the GTM does with them is the
-    /// business of `MSG_BACKEND_DISCONNECT`). Returns the ones not ended.
-    pub fn forget_backend(&mut self, conn: i16, gen: u32) -> Vec<(u32, GxState)> {
-        let gone: Vec<(u32, GxState)> = self
+    /// business of `MSG_BACKEND_DISCONNECT`). Returns the ones not ended,
+    /// each with its state and whether it is old.
+    pub fn forget_backend(&mut self, conn: i16, gen: u32) -> Vec<(u32, GxState, bool)> {
+        let gone: Vec<(u32, GxState, bool)> = self
             .by_gxid
             .iter()
-            .filter(|(_, (r, _))| r.conn == conn && r.gen == gen)
-            .map(|(g, (_, s))| (*g, *s))
+            .filter(|(_, e)| e.route.conn == conn && e.route.gen == gen)
+            .map(|(g, e)| (*g, e.state, e.old))
             .collect();
-        for (g, _) in &gone {
-            self.by_gxid.remove(g);
+        for (g, _, _) in &gone {
+            self.ended(*g);
         }
         gone
     }
@@ -146,7 +214,35 @@ mod tests {
         l.ending(100);
         assert_eq!(l.state(100), Some(GxState::InDoubt));
         l.ended(101);
-        assert_eq!(l.forget_backend(3, 9), vec![(100, GxState::InDoubt)]);
+        assert_eq!(l.forget_backend(3, 9), vec![(100, GxState::InDoubt, false)]);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn old_work_is_per_identifier_and_ends_with_its_gxids() {
+        let (a, b) = (Route { conn: 1, gen: 1 }, Route { conn: 2, gen: 1 });
+        let mut l = Ledger::default();
+        l.begun(a, 10);
+        l.begun(a, 11);
+        l.begun(b, 12);
+        l.mark_old();
+        l.begun(b, 13);
+        assert!(l.has_old_work(1) && l.has_old_work(2));
+        assert_eq!(l.old_count(), 3);
+        l.ended(10);
+        assert!(l.has_old_work(1), "one old GXID of identifier 1 is left");
+        l.ended(11);
+        assert!(!l.has_old_work(1), "back to normal once its old work has ended");
+        assert_eq!(l.forget_backend(2, 1).len(), 2);
+        assert!(!l.has_old_work(2));
+        assert_eq!(l.old_count(), 0);
+        l.begun(a, 14);
+        l.mark_old();
+        l.mark_old();
+        assert_eq!(l.old_count(), 1, "marking twice counts once");
+        l.clear_old();
+        assert!(!l.has_old_work(1));
+        l.ended(14);
+        assert_eq!(l.old_count(), 0);
     }
 }

@@ -2,13 +2,14 @@
 //! FIFO of frames that owe an answer.
 //!
 //! States: `Down` (no socket; a retry timer decides when to try again) →
-//! `Connecting` (non-blocking connect in progress) → `Starting` (startup
+//! `Resolving` (host name lookup on the resolver thread, skipped for
+//! literal addresses) → `Connecting` (non-blocking connect in progress) → `Starting` (startup
 //! packet sent, waiting for `R`) → `Ready`. Any error returns to `Down`; the
 //! owner decides what happens to the answers that were owed.
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -27,6 +28,8 @@ const UPSTREAM_READ_CAP: usize = 4 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LinkState {
     Down,
+    /// The GTM host name is being looked up (off this thread).
+    Resolving,
     Connecting,
     Starting,
     Ready,
@@ -124,6 +127,25 @@ impl Upstream {
         format!("{}:{}", self.host, self.port)
     }
 
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn is_resolving(&self) -> bool {
+        self.state == LinkState::Resolving
+    }
+
+    /// A connection attempt starts with a host name lookup elsewhere.
+    pub fn start_resolving(&mut self, registry: &Registry) {
+        self.close(registry);
+        self.state = LinkState::Resolving;
+        self.attempt_started = Instant::now();
+    }
+
     /// Keepalive settings for the next connections (SIGHUP).
     pub fn set_keepalive(&mut self, k: Keepalive) {
         self.keepalive = k;
@@ -150,11 +172,10 @@ impl Upstream {
         self.fifo.push_front(p);
     }
 
-    /// Hand every owed frame back to `batch`, in order, to be sent again.
-    pub fn requeue_owed(&mut self, batch: &mut Batcher) {
-        while let Some(p) = self.fifo.pop_back() {
-            batch.requeue(p);
-        }
+    /// Take every owed frame, oldest first (the link is gone; the owner
+    /// decides which are sent again).
+    pub fn take_owed(&mut self) -> Vec<Pending> {
+        self.fifo.drain(..).collect()
     }
 
     /// Ready, owing answers, and nothing heard for longer than `limit`.
@@ -164,26 +185,22 @@ impl Upstream {
 
     /// A connection attempt has been under way for longer than `limit`.
     pub fn attempt_longer_than(&self, now: Instant, limit: Duration) -> bool {
-        matches!(self.state, LinkState::Connecting | LinkState::Starting)
+        matches!(self.state, LinkState::Resolving | LinkState::Connecting | LinkState::Starting)
             && now.duration_since(self.attempt_started) > limit
     }
-    /// Start a non-blocking connect. The startup packet is queued at once;
-    /// it goes out when the socket becomes writable.
-    pub fn connect(&mut self, registry: &Registry, token: Token) -> Result<(), LinkError> {
+    /// Start a non-blocking connect to `addr` (the GTM host, resolved). The
+    /// startup packet is queued at once; it goes out when the socket
+    /// becomes writable.
+    pub fn connect(&mut self, registry: &Registry, token: Token, addr: SocketAddr) -> Result<(), LinkError> {
+        let started = if self.state == LinkState::Resolving { self.attempt_started } else { Instant::now() };
         self.close(registry);
-        let target = self.addr_string();
-        let addr = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| LinkError::Resolve(target.clone(), e))?
-            .next()
-            .ok_or_else(|| LinkError::Resolve(target, io::Error::other("no address")))?;
         let mut sock = TcpStream::connect(addr).map_err(|e| LinkError::Connect(addr, e))?;
         registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
         let _ = sock.set_nodelay(true);
         netio::set_keepalive(&sock, self.keepalive);
         self.sock = Some(sock);
         self.state = LinkState::Connecting;
-        self.attempt_started = Instant::now();
+        self.attempt_started = started;
         self.rbuf.clear();
         self.wbuf.clear();
         StartupPacket::new(&self.node_name, node_type::GTM_PROXY, false, self.client_id).encode(&mut self.wbuf);

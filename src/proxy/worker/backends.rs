@@ -11,17 +11,16 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use log::{debug, info, trace, warn};
+use log::{debug, trace, warn};
 use mio::net::TcpStream;
 use mio::Token;
 
-use super::{Work, Worker, FIRST_BACKEND, INTERNAL, MAX_BACKEND_FRAME};
+use super::{Work, Worker, FIRST_BACKEND, MAX_BACKEND_FRAME};
 use crate::codec::frame::{TAG_CLOSE, TAG_COMMAND, TAG_STARTUP};
 use crate::codec::{ClientFrame, RawFrame, StartupPacket};
 use crate::proxy::admission::{self, Admission};
 use crate::proxy::backend::{Backend, Peer, State};
 use crate::proxy::batch::{Forward, Route};
-use crate::proxy::ledger::GxState;
 
 impl Worker {
     pub(super) fn add_backend(&mut self, std_sock: std::net::TcpStream) {
@@ -258,27 +257,7 @@ impl Worker {
         b.deregister(self.poll.registry());
         self.stats.backends.fetch_sub(1, Ordering::Relaxed);
         debug!("worker {}: backend {key} (conn id {}) gone: {why}", self.id, b.conn);
-        let left = self.ledger.forget_backend(b.conn, b.gen);
-        let mut disc = b.peer.as_ref().map(Peer::disconnect_request);
-        for (gxid, _) in left.iter().filter(|(_, s)| *s == GxState::Vacuum) {
-            debug!("worker {}: ending autovacuum GXID {gxid} of departed backend {key}", self.id);
-            self.batch.rollbacks.push((INTERNAL, *gxid));
-        }
-        if self.keys_unreliable {
-            // After a promotion the GTM's (client id, backend id) keys may
-            // name other links' transactions: end only what is provably idle
-            // (open, nothing in flight, backend left cleanly) and leave the
-            // rest, rather than risk ending a transaction being committed.
-            disc = None;
-            for (gxid, state) in left.into_iter().filter(|(_, s)| *s != GxState::Vacuum) {
-                if state == GxState::Open && b.closed_cleanly() && !b.is_waiting() {
-                    info!("worker {}: rolling back GXID {gxid} of departed backend {key}", self.id);
-                    self.batch.rollbacks.push((INTERNAL, gxid));
-                } else {
-                    debug!("worker {}: leaving GXID {gxid} of departed backend {key} to the GTM", self.id);
-                }
-            }
-        }
+        let disc = self.departure(b.conn, b.gen, b.peer.as_ref().map(Peer::disconnect_request));
         if let Some(d) = self.ids.release(b.conn, b.gen, b.is_waiting(), disc) {
             self.batch.disconnects.push((b.conn, d));
         }

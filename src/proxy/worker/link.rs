@@ -13,17 +13,51 @@ use std::time::Instant;
 
 use log::{debug, error, info, trace, warn};
 
-use super::{TimerKind, Work, Worker, UPSTREAM};
-use crate::codec::ServerFrame;
-use crate::proxy::batch::{split_answer, Route};
+use super::replay::{self, Rule, MAX_REPLAYS, OUTCOME_UNKNOWN};
+use super::resolve::Resolver;
+use super::{TimerKind, Work, Worker, INTERNAL, UPSTREAM};
+use crate::codec::{Request, ServerFrame};
+use crate::proxy::batch::{split_answer, Pending, Route};
 use crate::proxy::failover::Action;
+use crate::proxy::ledger::GxState;
 use crate::proxy::upstream::{Incoming, LinkError};
 use crate::proxy::vetting::{self, Verdict};
 
 impl Worker {
+    /// Start a connection attempt: at once to a literal address, else after
+    /// the resolver thread has looked the host up ([`Worker::on_resolved`]).
     pub(super) fn connect_upstream(&mut self) {
-        if let Err(e) = self.up.connect(self.poll.registry(), UPSTREAM) {
+        let (host, port) = (self.up.host().to_string(), self.up.port());
+        if let Some(addr) = Resolver::literal(&host, port) {
+            return self.connect_to(addr);
+        }
+        match self.resolver.request(&host, port) {
+            Ok(n) => {
+                self.lookup = Some(n);
+                self.up.start_resolving(self.poll.registry());
+            }
+            Err(e) => self.link_failed(LinkError::Resolve(self.up.addr_string(), e)),
+        }
+    }
+
+    fn connect_to(&mut self, addr: std::net::SocketAddr) {
+        if let Err(e) = self.up.connect(self.poll.registry(), UPSTREAM, addr) {
             self.link_failed(e);
+        }
+    }
+
+    /// Answers of the resolver thread: the current attempt goes on (or
+    /// fails); answers to earlier attempts are dropped.
+    pub(super) fn on_resolved(&mut self) {
+        while let Some((n, res)) = self.resolver.try_result() {
+            if self.lookup != Some(n) || !self.up.is_resolving() {
+                continue;
+            }
+            self.lookup = None;
+            match res {
+                Ok(addr) => self.connect_to(addr),
+                Err(e) => self.link_failed(LinkError::Resolve(self.up.addr_string(), e)),
+            }
         }
     }
 
@@ -71,12 +105,13 @@ impl Worker {
         info!("worker {}: connected to GTM {addr} as client id {client_id}", self.id);
         if same_client_id {
             warn!(
-                "worker {}: GTM {addr} granted this link's previous client id {client_id}: \
-                 treating it as a promoted standby (backend disconnects are no longer sent)",
-                self.id
+                "worker {}: GTM {addr} granted this link's previous client id {client_id}: treating it as \
+                 a promoted standby; {} GXIDs from before are ended by GXID, not by backend disconnect",
+                self.id,
+                self.ledger.old_count()
             );
-            self.keys_unreliable = true;
         }
+        self.promoted = same_client_id;
         self.floors.link = self.high.get();
         self.failover.on_connected();
         self.connect_failures = 0;
@@ -101,6 +136,9 @@ impl Worker {
             log_verdict(id, verdict);
             if let Verdict::DuplicateGxid { gxid, .. } = verdict {
                 refused.push(gxid);
+                // This GTM is behind: old GXID numbers may belong to others
+                // here, so they must never be rolled back by number.
+                self.ledger.clear_old();
             }
             trace!("worker {id}: answer for id {} (gxid {gxid}): {answer:?}, {verdict:?}", route.conn);
             if let Some(key) = self.ids.lookup(route.conn, route.gen) {
@@ -134,6 +172,7 @@ impl Worker {
     /// The request of `route` is settled (answered or failed): a departed
     /// backend's identifier may be free now, after its disconnect.
     fn request_done(&mut self, route: Route) {
+        self.replays.settled(route);
         if let Some(d) = self.ids.settled(route.conn, route.gen) {
             self.batch.disconnects.push((route.conn, d));
         }
@@ -159,14 +198,15 @@ impl Worker {
         if was_ready && ordered {
             crate::xlog!(
                 LOG,
-                "worker {}: leaving the GTM link on a reconnect order; {owed} requests in flight will be replayed on {}",
+                "worker {}: leaving the GTM link on a reconnect order; {owed} requests in flight are sent again on {} \
+                 or failed by their replay rule",
                 self.id,
                 self.up.addr_string()
             );
         } else if was_ready {
             self.stats.link_failures.fetch_add(1, Ordering::Relaxed);
             error!(
-                "worker {}: GTM link {} lost: {err}; {owed} requests in flight will be replayed, {} held",
+                "worker {}: GTM link {} lost: {err}; {owed} requests in flight (sent again or failed by their replay rule), {} held",
                 self.id,
                 self.up.addr_string(),
                 self.batch.len()
@@ -182,9 +222,10 @@ impl Worker {
                 debug!("worker {}: cannot connect to GTM {} (attempt {n}): {err}", self.id, self.up.addr_string());
             }
         }
-        self.up.requeue_owed(&mut self.batch);
+        self.settle_owed();
         if was_ready {
             self.floors.replay = self.high.get();
+            self.ledger.mark_old();
         }
         if !ordered {
             self.down_reason = format!("{err} (GTM {})", self.up.addr_string());
@@ -197,6 +238,61 @@ impl Worker {
             self.failover.on_attempt_failed()
         };
         self.perform(action);
+    }
+
+    /// The link is gone with answers owed: each owed request is sent again
+    /// or answered with an `E`, by its message type's rule and the replay
+    /// limit (see [`replay`](super::replay)). Held requests stay held.
+    fn settle_owed(&mut self) {
+        let owed = self.up.take_owed();
+        let gtm = self.up.addr_string();
+        let mut failed: Vec<(Route, String)> = Vec::new();
+        // Newest first, each put in front: the replay keeps the old order.
+        for p in owed.into_iter().rev() {
+            let what = match &p {
+                Pending::Forward(f) => f.msg_type.to_string(),
+                _ => "grouped request".to_string(),
+            };
+            match replay::rule(&p) {
+                Rule::OutcomeUnknown => {
+                    for route in p.routes() {
+                        failed.push((
+                            route,
+                            format!(
+                                "{OUTCOME_UNKNOWN}: {what} was sent to GTM {gtm}, whose link was lost before it \
+                             answered; it may have been carried out and is not sent again"
+                            ),
+                        ));
+                    }
+                }
+                Rule::Replay => {
+                    let mut over = Vec::new();
+                    for route in p.routes() {
+                        if !self.replays.lost_once_more(route) {
+                            over.push(route);
+                        }
+                    }
+                    let p = if over.is_empty() { Some(p) } else { without_routes(p, &over) };
+                    for route in over {
+                        failed.push((
+                            route,
+                            format!(
+                                "{what} not sent again: the GTM link was lost {} times while it was in flight \
+                             (last: GTM {gtm})",
+                                MAX_REPLAYS + 1
+                            ),
+                        ));
+                    }
+                    if let Some(p) = p {
+                        self.batch.requeue(p);
+                    }
+                }
+            }
+        }
+        for (route, msg) in failed {
+            warn!("worker {}: backend id {}: {msg}", self.id, route.conn);
+            self.fail_request(route, &msg);
+        }
     }
 
     pub(super) fn perform(&mut self, action: Action) {
@@ -220,6 +316,51 @@ impl Worker {
                 }
                 self.failover_timer = Some(self.timers.arm_in(Instant::now(), d, TimerKind::Failover));
             }
+        }
+    }
+
+    /// A backend has left: end what it left open and return the
+    /// `MSG_BACKEND_DISCONNECT` to send once its identifier is free, if any.
+    ///
+    /// Normally the disconnect does it all. GXIDs from before a link loss
+    /// (old, see the ledger) are the exception: the new GTM may key them
+    /// differently (a promoted standby keys replicated transactions by the
+    /// client id of its backup link; a link with a new client id has a new
+    /// key), so the disconnect may miss them. Those that are provably not
+    /// prepared and not being ended (open: no commit, rollback or prepare
+    /// was ever asked for) are rolled back by GXID, however the backend
+    /// left; the others are left to the GTM and logged.
+    ///
+    /// On a promoted standby (this link got its old client id back) the
+    /// disconnect could also hit another link's old transactions keyed the
+    /// same way by coincidence; so while the identifier has old work no
+    /// disconnect is sent and its open GXIDs are all rolled back by GXID.
+    /// Once its old work has ended, the identifier is back to normal.
+    pub(super) fn departure(&mut self, conn: i16, gen: u32, disconnect: Option<Request>) -> Option<Request> {
+        let special = self.promoted && self.ledger.has_old_work(conn);
+        let left = self.ledger.forget_backend(conn, gen);
+        for (gxid, state, old) in &left {
+            match state {
+                GxState::Vacuum => {
+                    debug!("worker {}: ending autovacuum GXID {gxid} of departed backend id {conn}", self.id);
+                    self.batch.rollbacks.push((INTERNAL, *gxid));
+                }
+                GxState::Open if *old || special => {
+                    info!("worker {}: rolling back GXID {gxid} of departed backend id {conn} (from before the GTM link was lost)", self.id);
+                    self.batch.rollbacks.push((INTERNAL, *gxid));
+                }
+                GxState::InDoubt if *old => warn!(
+                    "worker {}: GXID {gxid} of departed backend id {conn} was being ended or prepared when the GTM \
+                     link was lost; left to the GTM",
+                    self.id
+                ),
+                _ => {}
+            }
+        }
+        if special {
+            None
+        } else {
+            disconnect
         }
     }
 
@@ -253,6 +394,19 @@ impl Worker {
             }
         }
     }
+}
+
+/// `p` without the elements of `routes`; None when nothing is left.
+fn without_routes(p: Pending, routes: &[Route]) -> Option<Pending> {
+    let keep = |r: &Route| !routes.contains(r);
+    let p = match p {
+        Pending::Forward(f) => return keep(&f.route).then_some(Pending::Forward(f)),
+        Pending::Begin(v) => Pending::Begin(v.into_iter().filter(|(r, _)| keep(r)).collect()),
+        Pending::Commit(v) => Pending::Commit(v.into_iter().filter(|(r, _)| keep(r)).collect()),
+        Pending::Rollback(v) => Pending::Rollback(v.into_iter().filter(|(r, _)| keep(r)).collect()),
+        Pending::Snapshot(v) => Pending::Snapshot(v.into_iter().filter(|(r, _)| keep(r)).collect()),
+    };
+    (!p.is_empty()).then_some(p)
 }
 
 /// Say what vetting changed, if anything.

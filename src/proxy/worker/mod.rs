@@ -21,6 +21,8 @@
 
 mod backends;
 mod link;
+pub mod replay;
+mod resolve;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -159,15 +161,26 @@ pub struct Worker {
     high: Arc<HighWater>,
     /// GXID floors for answer vetting (see [`crate::proxy::vetting`]).
     floors: Floors,
-    /// The GTM granted the client id this link had before: it is a promoted
-    /// standby, where (client id, backend id) may match other links'
-    /// transactions, so `MSG_BACKEND_DISCONNECT` is not safe any more.
-    keys_unreliable: bool,
+    /// Looks the GTM host up off this thread.
+    resolver: resolve::Resolver,
+    /// The number of the lookup the current connection attempt waits for.
+    lookup: Option<u64>,
+    /// The current link got its previous client id back: the GTM is a
+    /// promoted standby (see `departure`).
+    promoted: bool,
+    /// How often each request was in flight on a lost link.
+    replays: replay::ReplayCounts<Route>,
     /// Connection attempts failed since the link was last ready.
     connect_failures: u64,
     scratch: Vec<u8>,
     stats: Arc<WorkerStats>,
     stopping: Option<(StopMode, Instant)>,
+}
+
+/// A seed for the retry jitter that differs between workers and processes.
+fn jitter_seed(id: usize) -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    (u64::from(std::process::id()) << 32) ^ u64::from(t) ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl Worker {
@@ -193,13 +206,16 @@ impl Worker {
             batch: Batcher::default(),
             work: WorkLists::default(),
             timers: Timers::new(),
-            failover: Failover::new(policy),
+            failover: Failover::new(policy, jitter_seed(id)),
             failover_timer: None,
             down_reason: "not connected yet".into(),
             ledger: Ledger::default(),
             high,
             floors: Floors::default(),
-            keys_unreliable: false,
+            resolver: resolve::Resolver::spawn(id, waker.clone())?,
+            lookup: None,
+            promoted: false,
+            replays: Default::default(),
             connect_failures: 0,
             scratch: vec![0; READ_CHUNK],
             stats,
@@ -312,6 +328,7 @@ impl Worker {
                 Control::Shutdown(_) => {}
             }
         }
+        self.on_resolved();
     }
 
     fn on_timer(&mut self, t: TimerKind, now: Instant) {
