@@ -47,6 +47,11 @@ pub enum LinkError {
     Eof,
     #[error("GTM refused the link: {0}")]
     Refused(String),
+    /// A loopback connect to a port nobody listens on can meet itself (TCP
+    /// simultaneous open when the kernel picks that very port as the source);
+    /// held, it would keep a GTM restarting there from binding its port.
+    #[error("connected to itself: nothing listens on {0}")]
+    SelfConnect(SocketAddr),
     #[error("protocol error on the GTM link: {0}")]
     Frame(#[from] FrameError),
     #[error("protocol error on the GTM link: {0}")]
@@ -226,6 +231,9 @@ impl Upstream {
                 return Err(LinkError::Io(e));
             }
             match sock.peer_addr() {
+                Ok(peer) if sock.local_addr().is_ok_and(|local| local == peer) => {
+                    return Err(LinkError::SelfConnect(peer))
+                }
                 Ok(_) => self.state = LinkState::Starting,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
                 Err(e) => return Err(LinkError::Io(e)),
