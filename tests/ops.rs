@@ -349,7 +349,7 @@ fn a_planned_reconnect_logs_at_log_and_is_not_a_link_failure() {
     eventually_for(WAIT, "the first link", || status().contains("GTM links up: 1 of 1").then_some(()));
     let out = run_proxy(&["reconnect", "-D", d, "-s", "127.0.0.1", "-t", &gtm2.addr.port().to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let moved = format!("replayed on 127.0.0.1:{}", gtm2.addr.port());
+    let moved = format!("sent again on 127.0.0.1:{}", gtm2.addr.port());
     eventually_for(WAIT, "the reconnect line", || p.file("gtm_proxy.log").contains(&moved).then_some(()));
     let said = eventually_for(WAIT, "the new link", || {
         let s = status();
