@@ -189,7 +189,9 @@ impl FromStr for LogLevel {
 /// `err_wait_interval`.
 ///
 /// Extensions of this proxy: `hold_max_requests`, `hold_timeout`, `upstream_timeout`,
-/// `batch_max`, `max_backends`, `backend_output_limit`, `metrics_port`.
+/// `batch_max`, `max_backends`, `backend_output_limit`, `metrics_port`,
+/// `backend_startup_timeout`, `backend_frame_timeout`, `max_startup_backends`,
+/// `backend_error_limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Node name used for registration and in startup packets (required; may be empty;
@@ -248,6 +250,18 @@ pub struct Config {
     pub backend_output_limit: usize,
     /// Extension: Prometheus metrics port, `GET /metrics` on the first listen address (default 0 = off).
     pub metrics_port: u16,
+    /// Extension: a backend must send its startup packet within this (default 5 s;
+    /// zero = never).
+    pub backend_startup_timeout: Duration,
+    /// Extension: a frame a backend started must be complete within this (default 5 s;
+    /// zero = never).
+    pub backend_frame_timeout: Duration,
+    /// Extension: most connections still waiting for their startup packet; the oldest
+    /// is closed to make room (default 1000).
+    pub max_startup_backends: usize,
+    /// Extension: protocol errors one backend connection may cause before it is closed
+    /// (default 5).
+    pub backend_error_limit: u32,
 }
 
 /// Values given on the command line; each `Some` wins over the file.
@@ -352,6 +366,10 @@ impl Config {
             max_backends: 20_000,
             backend_output_limit: 1 << 20,
             metrics_port: 0,
+            backend_startup_timeout: Duration::from_secs(5),
+            backend_frame_timeout: Duration::from_secs(5),
+            max_startup_backends: 1000,
+            backend_error_limit: 5,
         }
     }
 
@@ -489,6 +507,10 @@ impl Builder {
             "max_backends" => c.max_backends = parse_int(value, 1, 1_000_000)? as usize,
             "backend_output_limit" => c.backend_output_limit = parse_bytes(value)? as usize,
             "metrics_port" => c.metrics_port = parse_port(value, 0)?,
+            "backend_startup_timeout" => c.backend_startup_timeout = parse_duration(value)?,
+            "backend_frame_timeout" => c.backend_frame_timeout = parse_duration(value)?,
+            "max_startup_backends" => c.max_startup_backends = parse_int(value, 1, 1_000_000)? as usize,
+            "backend_error_limit" => c.backend_error_limit = parse_int(value, 1, 1_000_000)? as u32,
             _ => return Err(SetError::Unknown),
         }
         Ok(())
@@ -758,6 +780,10 @@ mod tests {
         assert_eq!(c.max_backends, 20_000);
         assert_eq!(c.backend_output_limit, 1024 * 1024);
         assert_eq!(c.metrics_port, 0);
+        assert_eq!(c.backend_startup_timeout, Duration::from_secs(5));
+        assert_eq!(c.backend_frame_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_startup_backends, 1000);
+        assert_eq!(c.backend_error_limit, 5);
         expected.port = 1;
         assert_ne!(c, expected);
     }
@@ -790,6 +816,10 @@ mod tests {
              max_backends = 300
              backend_output_limit = 65536
              metrics_port = 9187
+             backend_startup_timeout = 2s
+             backend_frame_timeout = 1500ms
+             max_startup_backends = 64
+             backend_error_limit = 3
             ",
         );
         assert_eq!(c.nodename, "p1");
@@ -819,6 +849,10 @@ mod tests {
         assert_eq!(c.max_backends, 300);
         assert_eq!(c.backend_output_limit, 65536);
         assert_eq!(c.metrics_port, 9187);
+        assert_eq!(c.backend_startup_timeout, Duration::from_secs(2));
+        assert_eq!(c.backend_frame_timeout, Duration::from_millis(1500));
+        assert_eq!(c.max_startup_backends, 64);
+        assert_eq!(c.backend_error_limit, 3);
     }
 
     #[test]
@@ -1154,6 +1188,10 @@ mod tests {
             "max_backends",
             "backend_output_limit",
             "metrics_port",
+            "backend_startup_timeout",
+            "backend_frame_timeout",
+            "max_startup_backends",
+            "backend_error_limit",
         ] {
             let documented = uncommented.lines().any(|l| l.starts_with(&format!("{key} =")));
             assert!(documented, "{key} missing from proxy.conf.example");
