@@ -224,7 +224,8 @@ fn bad_frame_flood_closes_the_connection() {
 }
 
 /// Item 7: an answer whose length field is exactly the link's 4 MiB read
-/// cap. The worker reads it whole (and fails the link over it: it answers
+/// cap, so that a buffer of exactly the cap holds it but one byte. The
+/// worker reads it whole (and fails the link over it: it answers
 /// nothing) instead of spinning on a full buffer; its backends are served
 /// after the reconnect.
 #[test]
@@ -327,9 +328,18 @@ fn inject_after_startup(from: TcpStream, mut to: TcpStream) {
     let Some(startup_answer) = read_frame(&from, &mut buf) else { return };
     let mut out = BytesMut::new();
     startup_answer.encode(&mut out);
+    // The frame takes cap + 1 bytes. The first cap of them are sent, and
+    // the last one only after a pause, so that the proxy's buffer holds
+    // exactly the read cap of an incomplete frame at some point.
     let cap = 4u32 << 20;
     out.extend_from_slice(&frame_header(b'S', cap));
-    out.extend_from_slice(&vec![0u8; cap as usize - 4]);
+    out.extend_from_slice(&vec![0u8; cap as usize - 5]);
+    if to.write_all(&out).is_err() {
+        return;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    out.clear();
+    out.extend_from_slice(&[0]);
     out.extend_from_slice(&buf);
     if to.write_all(&out).is_err() {
         return;

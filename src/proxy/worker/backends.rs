@@ -272,18 +272,19 @@ impl Worker {
     }
 
     /// A protocol error of one backend: answer it with an `E` and go on
-    /// with the next frame, until `backend_error_limit` errors: then a
-    /// FATAL `E` and the connection closes.
+    /// with the next frame; the `backend_error_limit`-th error is answered
+    /// with a FATAL `E` instead, and the connection closes.
     fn reject(&mut self, key: usize, msg: &str) {
-        self.answer_error(key, msg);
         let limit = self.cfg.backend_error_limit;
         let Some(b) = self.backends.get_mut(key) else { return };
-        if b.protocol_error(limit) {
-            let why = format!("too many protocol errors ({limit}); closing the connection");
-            if let Some(s) = b.may_log(Instant::now()) {
-                warn!("worker {}: backend {key}: {why}{s}", self.id);
-            }
-            self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+        if !b.protocol_error(limit) {
+            self.answer_error(key, msg);
+            return;
+        }
+        let why = format!("{msg}; too many protocol errors ({limit}), closing the connection");
+        self.log_backend(key, &why);
+        self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = self.backends.get_mut(key) {
             b.abort("FATAL", &why);
         }
     }
