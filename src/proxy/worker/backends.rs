@@ -356,7 +356,7 @@ impl Worker {
         }
         debug!("worker {}: backend {key} (conn id {}) gone: {why}", self.id, b.conn);
         if let Some(s) = b.log_summary() {
-            warn!("worker {}: backend {key} gone ({why}):{s}", self.id);
+            warn!("worker {}: backend {key} gone: {why}{s}", self.id);
         }
         let left = self.ledger.forget_backend(b.conn, b.gen);
         let mut disc = b.peer.as_ref().map(Peer::disconnect_request);
