@@ -260,11 +260,14 @@ impl Backend {
         self.input == Input::Paused && self.rbuf.len() < read_limit(&self.rbuf, max_frame)
     }
 
-    /// The peer hung up while reading was paused (the buffer is full of
-    /// frames held behind an outstanding request): nothing more will be
-    /// read, so say so now rather than when the buffer drains. What is
-    /// buffered is still served.
-    pub fn hung_up(&mut self) {
+    /// The connection was reset while reading was paused (the buffer is
+    /// full of frames held behind an outstanding request): nothing more can
+    /// be read, so say so now rather than when the buffer drains. What is
+    /// buffered is still served. (A plain end of stream needs nothing: a
+    /// paused buffer always starts with a whole frame, see [`read_limit`],
+    /// so it drains and the end is read then; a peer that only shut its
+    /// writing side still gets every answer.)
+    pub fn reset(&mut self) {
         if self.input == Input::Paused {
             self.close_input(false);
         }

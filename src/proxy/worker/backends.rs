@@ -98,7 +98,7 @@ impl Worker {
         self.close_backend(key, why);
     }
 
-    pub(super) fn on_backend_event(&mut self, key: usize, readable: bool, writable: bool, hung_up: bool) {
+    pub(super) fn on_backend_event(&mut self, key: usize, readable: bool, writable: bool, reset: bool) {
         let Some(b) = self.backends.get_mut(key) else { return };
         if writable && !b.wbuf.is_empty() {
             self.work.queue(key, b, Work::Write);
@@ -107,9 +107,11 @@ impl Worker {
             if let Err(e) = b.read(&mut self.scratch, MAX_BACKEND_FRAME) {
                 debug!("worker {}: backend {key} read error: {e}", self.id);
             }
-            if hung_up {
-                b.hung_up();
-            }
+        }
+        if reset {
+            b.reset();
+        }
+        if readable || reset {
             self.work.queue(key, b, Work::Process);
         }
     }

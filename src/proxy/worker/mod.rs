@@ -242,8 +242,8 @@ impl Worker {
                     WAKER => self.on_control(),
                     UPSTREAM => self.on_upstream_event(ev.is_readable(), ev.is_writable() || ev.is_error()),
                     Token(t) => {
-                        let hung_up = ev.is_read_closed() || ev.is_error();
-                        self.on_backend_event(t - FIRST_BACKEND, ev.is_readable(), ev.is_writable(), hung_up)
+                        let reset = ev.is_error();
+                        self.on_backend_event(t - FIRST_BACKEND, ev.is_readable(), ev.is_writable(), reset)
                     }
                 }
             }
