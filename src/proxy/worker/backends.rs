@@ -58,13 +58,24 @@ impl Worker {
     /// Keep the connections still in start-up within this worker's share of
     /// `max_startup_backends`: the oldest goes first (a real backend sends
     /// its startup packet at once, so the oldest are the likeliest idlers).
+    /// In a connect storm the oldest may well have sent its startup packet
+    /// already, unread yet: it is read and served first, and only a
+    /// connection that still has not started is closed.
     fn limit_starting(&mut self) {
         let workers = self.cfg.worker_threads.max(1);
         let limit = self.cfg.max_startup_backends.div_ceil(workers).max(1);
         while self.starting > limit {
             let Some((key, route)) = self.starting_order.pop_front() else { break };
-            let still = self.backends.get(key).is_some_and(|b| b.route() == route && b.state() == State::Startup);
-            if still {
+            let starting =
+                |w: &Self| w.backends.get(key).is_some_and(|b| b.route() == route && b.state() == State::Startup);
+            if !starting(self) {
+                continue;
+            }
+            if let Some(b) = self.backends.get_mut(key) {
+                let _ = b.read(&mut self.scratch, MAX_BACKEND_FRAME);
+            }
+            self.process_backend(key);
+            if starting(self) {
                 self.drop_with_error(key, "too many connections in start-up");
             }
         }
