@@ -14,9 +14,9 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::batch::Route;
-use super::worker::ratelimit::{RateLimit, Suppressed};
 use crate::codec::frame::{self, RawFrame};
 use crate::codec::{ErrorFields, FrameError, Request, StartupPacket};
+use crate::logging::{RateLimit, Suppressed};
 use crate::netio::{self, ReadOutcome};
 
 /// Size of a worker's shared read buffer.
