@@ -204,8 +204,17 @@ impl Worker {
             }
             match StartupPacket::decode(&raw.body) {
                 Ok(sp) => {
-                    b.started(Peer::from_startup(&sp));
-                    self.starting = self.starting.saturating_sub(1);
+                    match crate::proxy::access::check_startup(&self.cfg, b.peer_addr(), sp.name(), sp.remote_type) {
+                        Ok(()) => {
+                            b.started(Peer::from_startup(&sp));
+                            self.starting = self.starting.saturating_sub(1);
+                        }
+                        Err(deny) => {
+                            let peer = b.peer_addr().map_or_else(|| format!("backend {key}"), |p| p.to_string());
+                            crate::proxy::access::report_denied(&peer, &deny);
+                            b.abort("FATAL", &deny.to_string());
+                        }
+                    }
                 }
                 Err(e) => {
                     let n = raw.body.len();

@@ -196,7 +196,7 @@ impl Worker {
         let w = Worker {
             id,
             poll,
-            ids: ConnIds::new(crate::proxy::ids::MAX_IDS),
+            ids: ConnIds::new(crate::proxy::ids::ids_per_link()),
             cfg,
             rx,
             backends: Slab::new(),
@@ -324,10 +324,12 @@ impl Worker {
                     self.cfg = cfg;
                     info!("worker {}: configuration reloaded", self.id);
                 }
-                Control::Shutdown(mode) => {
+                // A stricter stop takes over one under way; never a milder one.
+                Control::Shutdown(mode) if self.stopping.is_none_or(|(cur, _)| mode > cur) => {
                     info!("worker {}: {mode:?} shutdown", self.id);
                     self.stopping = Some((mode, Instant::now()));
                 }
+                Control::Shutdown(_) => {}
             }
         }
     }
