@@ -135,7 +135,7 @@ log "idle_start $idle_start"
 # ----- steady load ----------------------------------------------------------
 "$bin/gtm_bench" --host 127.0.0.1 --port "$proxy_port" --backends "$BACKENDS" --think-us "$THINK_US" \
     --duration "$DURATION" --warmup 0 --max-errors 0 --max-reconnects 1000000 --request-timeout 60 \
-    --json "$work/steady.json" 2>"$work/steady.err" &
+    --json "$work/steady.json" >"$work/steady.out" 2>"$work/steady.err" &
 steady_pid=$!
 pids+=("$steady_pid")
 
@@ -199,7 +199,7 @@ while [ "$(now)" -lt "$DURATION" ]; do
         # Backends killed mid-transaction: a short bench run, SIGKILLed.
         if [ -n "$burst_pid" ]; then kill -9 "$burst_pid" 2>/dev/null || true; wait "$burst_pid" 2>/dev/null || true; kills=$((kills + 1)); fi
         "$bin/gtm_bench" --host 127.0.0.1 --port "$proxy_port" --backends 20 --duration 3600 --warmup 0 \
-            --max-errors 0 --json /dev/null 2>/dev/null &
+            --max-errors 0 --json /dev/null >/dev/null 2>&1 &
         burst_pid=$!
         pids+=("$burst_pid")
         next_kill=$((t + KILL_EVERY))
