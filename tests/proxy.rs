@@ -302,11 +302,12 @@ fn silent_and_slow_backends_do_not_block_others() {
 }
 
 /// Unknown, refused and malformed messages get an E for that backend only;
-/// its connection stays usable and other backends are not affected.
+/// its connection stays usable (below `backend_error_limit`, raised here
+/// above the number of cases) and other backends are not affected.
 #[test]
 fn bad_requests_get_an_error_for_that_backend_only() {
     let sim = Daemon::sim(&[]);
-    let proxy = Daemon::proxy(sim.addr, "", 1);
+    let proxy = Daemon::proxy(sim.addr, "backend_error_limit = 100\n", 1);
     let mut bad = Client::proxy_backend(proxy.addr, "cn1");
     let mut good = Client::proxy_backend(proxy.addr, "cn1");
     let cases: Vec<(Vec<u8>, &str)> = vec![

@@ -73,6 +73,22 @@ pub fn check(buf: &[u8], max_len: usize) -> Result<usize, FrameError> {
     Ok(total)
 }
 
+/// How many bytes `buf` must hold for its first frame to be whole: the
+/// header's size while the header is incomplete, the frame's total size once
+/// it is known, 0 when the header is invalid (the next [`split`] reports why).
+/// A reader that stops at a fixed cap must read at least this far, or a
+/// frame larger than the cap could never complete.
+pub fn wanted(buf: &[u8], max_len: usize) -> usize {
+    if buf.len() < HEADER_LEN {
+        return HEADER_LEN;
+    }
+    match check(buf, max_len) {
+        Ok(total) => total,
+        Err(FrameError::Incomplete) => 1 + u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize,
+        Err(_) => 0,
+    }
+}
+
 /// Phase two: cut the next whole frame off `buf`. `Ok(None)` means wait for
 /// more bytes; an error means the stream cannot be resynchronised.
 pub fn split(buf: &mut BytesMut, max_len: usize) -> Result<Option<RawFrame>, FrameError> {

@@ -3,7 +3,8 @@
 //!
 //! On SIGHUP the file is read again ([`Config::reload`]). Keys marked
 //! [`Takes::Reload`] apply at once: the retry and failover schedule, hold limits,
-//! `upstream_timeout`, `batch_max`, `max_backends`, `backend_output_limit`,
+//! `upstream_timeout`, `batch_max`, `max_backends`, `backend_output_limit`, the
+//! backend deadlines, `max_startup_backends`, `backend_error_limit`,
 //! `log_min_messages` and `keepalives_*` (for connections opened after the reload:
 //! backends accepted and GTM links made). Keys marked [`Takes::Restart`] keep their
 //! running value and a warning names them.
@@ -71,6 +72,10 @@ keys! {
     allowed_node_names: Reload,
     allowed_remote_types: Reload,
     gtm_required_at_start: Restart,
+    backend_startup_timeout: Reload,
+    backend_frame_timeout: Reload,
+    max_startup_backends: Reload,
+    backend_error_limit: Reload,
 }
 
 /// Keys accepted in the file but without a [`Config`] field.
@@ -192,7 +197,7 @@ mod tests {
         assert_eq!(takes("KEEPALIVES_IDLE"), Some(Takes::Reload));
         assert_eq!(takes("worker_threads"), Some(Takes::Restart));
         assert_eq!(takes("nonsense"), None);
-        assert_eq!(all_keys().count(), 33);
+        assert_eq!(all_keys().count(), 37);
     }
 
     #[test]

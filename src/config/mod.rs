@@ -126,7 +126,8 @@ pub use crate::logging::{LogLevel, ParseLogLevelError};
 /// Extensions of this proxy: `hold_max_requests`, `hold_timeout`, `upstream_timeout`,
 /// `batch_max`, `max_backends`, `backend_output_limit`, `metrics_port`,
 /// `metrics_listen_address`, `allowed_client_networks`, `allowed_node_names`,
-/// `allowed_remote_types`, `gtm_required_at_start`.
+/// `allowed_remote_types`, `gtm_required_at_start`, `backend_startup_timeout`,
+/// `backend_frame_timeout`, `max_startup_backends`, `backend_error_limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Node name used for registration and in startup packets (required; may be empty;
@@ -197,6 +198,18 @@ pub struct Config {
     /// Extension: exit at start when the GTM cannot be reached, as XL does (default off:
     /// listen at once and keep trying the GTM).
     pub gtm_required_at_start: bool,
+    /// Extension: a backend must send its startup packet within this (default 5 s;
+    /// zero = never).
+    pub backend_startup_timeout: Duration,
+    /// Extension: a frame a backend started must be complete within this (default 5 s;
+    /// zero = never).
+    pub backend_frame_timeout: Duration,
+    /// Extension: most connections still waiting for their startup packet; the oldest
+    /// is closed to make room (default 1000).
+    pub max_startup_backends: usize,
+    /// Extension: protocol errors one backend connection may cause before it is closed
+    /// (default 5).
+    pub backend_error_limit: u32,
 }
 
 /// TCP keepalive settings (`keepalives_*`); 0 keeps the OS default for that parameter.
@@ -251,6 +264,10 @@ impl Config {
             allowed_node_names: String::new(),
             allowed_remote_types: String::new(),
             gtm_required_at_start: false,
+            backend_startup_timeout: Duration::from_secs(5),
+            backend_frame_timeout: Duration::from_secs(5),
+            max_startup_backends: 1000,
+            backend_error_limit: 5,
         }
     }
 
@@ -402,6 +419,10 @@ impl Builder {
                 c.allowed_remote_types = value.to_string()
             }
             "gtm_required_at_start" => c.gtm_required_at_start = parse_bool(value)?,
+            "backend_startup_timeout" => c.backend_startup_timeout = parse_duration(value)?,
+            "backend_frame_timeout" => c.backend_frame_timeout = parse_duration(value)?,
+            "max_startup_backends" => c.max_startup_backends = parse_int(value, 1, 1_000_000)? as usize,
+            "backend_error_limit" => c.backend_error_limit = parse_int(value, 1, 1_000_000)? as u32,
             _ => return Err(SetError::Unknown),
         }
         Ok(())

@@ -47,6 +47,10 @@ fn defaults() {
     assert_eq!(c.max_backends, 20_000);
     assert_eq!(c.backend_output_limit, 1024 * 1024);
     assert_eq!(c.metrics_port, 0);
+    assert_eq!(c.backend_startup_timeout, Duration::from_secs(5));
+    assert_eq!(c.backend_frame_timeout, Duration::from_secs(5));
+    assert_eq!(c.max_startup_backends, 1000);
+    assert_eq!(c.backend_error_limit, 5);
     expected.port = 1;
     assert_ne!(c, expected);
 }
@@ -79,6 +83,10 @@ fn every_key() {
          max_backends = 300
          backend_output_limit = 65536
          metrics_port = 9187
+         backend_startup_timeout = 2s
+         backend_frame_timeout = 1500ms
+         max_startup_backends = 64
+         backend_error_limit = 3
         ",
     );
     assert_eq!(c.nodename, "p1");
@@ -108,6 +116,10 @@ fn every_key() {
     assert_eq!(c.max_backends, 300);
     assert_eq!(c.backend_output_limit, 65536);
     assert_eq!(c.metrics_port, 9187);
+    assert_eq!(c.backend_startup_timeout, Duration::from_secs(2));
+    assert_eq!(c.backend_frame_timeout, Duration::from_millis(1500));
+    assert_eq!(c.max_startup_backends, 64);
+    assert_eq!(c.backend_error_limit, 3);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! order even though grouping reorders requests across backends.
 
 use std::io;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
@@ -16,12 +16,36 @@ use mio::{Interest, Registry, Token};
 use super::batch::Route;
 use crate::codec::frame::{self, RawFrame};
 use crate::codec::{ErrorFields, FrameError, Request, StartupPacket};
+use crate::logging::{RateLimit, Suppressed};
 use crate::netio::{self, ReadOutcome};
 
 /// Size of a worker's shared read buffer.
 pub const READ_CHUNK: usize = 64 * 1024;
-/// Stop reading a busy backend once this much unprocessed input is buffered.
+/// Stop reading a busy backend once this much unprocessed input is buffered
+/// (unless the frame at the front needs more to be whole, see [`read_limit`]).
 pub const READ_PAUSE: usize = 256 * 1024;
+/// An empty read buffer that grew past this is given back to the allocator.
+const KEEP_CAPACITY: usize = 64 * 1024;
+/// Log lines one backend may cause per [`LOG_WINDOW`]; the rest are counted.
+const LOG_BURST: u32 = 5;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// How far to read a backend whose buffer holds `buf`: [`READ_PAUSE`], or
+/// further when the frame at the front is larger (up to `max_frame`), so
+/// that every frame the proxy accepts can complete — and the end of the
+/// stream behind it can be seen.
+pub fn read_limit(buf: &[u8], max_frame: usize) -> usize {
+    READ_PAUSE.max(frame::wanted(buf, max_frame))
+}
+
+/// Time limits a backend's input must keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// For the startup packet, from the accept (zero: none).
+    pub startup: Duration,
+    /// For a frame to complete once its first bytes arrived (zero: none).
+    pub frame: Duration,
+}
 
 /// Where the backend is in its conversation with the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +122,16 @@ pub struct Backend {
     pub queued: Queued,
     /// The interest registered with mio.
     interest: Interest,
+    /// When the connection was accepted.
+    opened: Instant,
+    /// Since when the input has ended in an incomplete frame that the proxy
+    /// is waiting for (not counting frames held back by an outstanding
+    /// request).
+    partial_since: Option<Instant>,
+    /// Protocol errors so far.
+    errors: u32,
+    /// Rate limit of the log lines this backend causes.
+    log_limit: RateLimit,
 }
 
 impl Backend {
@@ -114,6 +148,56 @@ impl Backend {
             peer: None,
             queued: Queued::default(),
             interest: Interest::READABLE,
+            opened: Instant::now(),
+            partial_since: None,
+            errors: 0,
+            log_limit: RateLimit::new(LOG_BURST, LOG_WINDOW),
+        }
+    }
+
+    /// One more protocol error; true once `limit` is reached.
+    pub fn protocol_error(&mut self, limit: u32) -> bool {
+        self.errors = self.errors.saturating_add(1);
+        self.errors >= limit
+    }
+
+    /// Whether a log line about this backend may be written now, with the
+    /// count of lines suppressed before it.
+    pub fn may_log(&mut self, now: Instant) -> Option<Suppressed> {
+        self.log_limit.check(now)
+    }
+
+    /// Lines suppressed and not yet reported (for a summary at the end).
+    pub fn log_summary(&mut self) -> Option<Suppressed> {
+        self.log_limit.finish()
+    }
+
+    /// Which deadline of `d` the backend has missed at `now`, if any.
+    pub fn overdue(&self, now: Instant, d: Deadlines) -> Option<&'static str> {
+        if matches!(self.input, Input::Closed { .. }) {
+            return None;
+        }
+        let past = |since: Instant, limit: Duration| !limit.is_zero() && now.saturating_duration_since(since) > limit;
+        if self.state == State::Startup && past(self.opened, d.startup) {
+            return Some("no startup packet received in time");
+        }
+        match self.partial_since {
+            Some(since) if past(since, d.frame) => Some("incomplete message not finished in time"),
+            _ => None,
+        }
+    }
+
+    /// After the buffered frames were handled: note when the input started
+    /// to end in a frame that is not whole yet, and give back a big empty
+    /// buffer.
+    pub fn settle(&mut self, now: Instant) {
+        if self.rbuf.is_empty() || self.is_waiting() {
+            self.partial_since = None;
+            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_CAPACITY {
+                self.rbuf = BytesMut::with_capacity(512);
+            }
+        } else if self.partial_since.is_none() {
+            self.partial_since = Some(now);
         }
     }
 
@@ -149,8 +233,10 @@ impl Backend {
 
     /// Read until the socket would block, EOF, or the input cap. EOF and
     /// errors close the input (an error is returned for logging).
-    pub fn read(&mut self, scratch: &mut [u8]) -> io::Result<()> {
-        match netio::read_into(&mut self.sock, &mut self.rbuf, scratch, READ_PAUSE, true) {
+    /// `max_frame` is the largest frame accepted.
+    pub fn read(&mut self, scratch: &mut [u8], max_frame: usize) -> io::Result<()> {
+        let cap = read_limit(&self.rbuf, max_frame);
+        match netio::read_into(&mut self.sock, &mut self.rbuf, scratch, cap, true) {
             Ok(ReadOutcome::Drained) => {
                 if self.input == Input::Paused {
                     self.input = Input::Open;
@@ -175,8 +261,21 @@ impl Backend {
     }
 
     /// Reading was paused and the buffer has room again.
-    pub fn should_resume_reading(&self) -> bool {
-        self.input == Input::Paused && self.rbuf.len() < READ_PAUSE
+    pub fn should_resume_reading(&self, max_frame: usize) -> bool {
+        self.input == Input::Paused && self.rbuf.len() < read_limit(&self.rbuf, max_frame)
+    }
+
+    /// The connection was reset while reading was paused (the buffer is
+    /// full of frames held behind an outstanding request): nothing more can
+    /// be read, so say so now rather than when the buffer drains. What is
+    /// buffered is still served. (A plain end of stream needs nothing: a
+    /// paused buffer always starts with a whole frame, see [`read_limit`],
+    /// so it drains and the end is read then; a peer that only shut its
+    /// writing side still gets every answer.)
+    pub fn reset(&mut self) {
+        if self.input == Input::Paused {
+            self.close_input(false);
+        }
     }
 
     /// The next whole frame, unless a request is outstanding (answers must
@@ -185,7 +284,11 @@ impl Backend {
         if self.is_waiting() {
             return Ok(None);
         }
-        frame::split(&mut self.rbuf, max)
+        let f = frame::split(&mut self.rbuf, max)?;
+        if f.is_some() {
+            self.partial_since = None;
+        }
+        Ok(f)
     }
 
     /// Buffered frames wait to be processed.
@@ -280,5 +383,26 @@ impl Backend {
 
     pub fn send_error(&mut self, severity: &str, message: &str) {
         crate::codec::encode_error(&mut self.wbuf, None, &ErrorFields::new(severity, message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_limit_covers_the_frame_at_the_front() {
+        let max = frame::DEFAULT_MAX_FRAME;
+        assert_eq!(read_limit(b"", max), READ_PAUSE);
+        // A frame bigger than the pause threshold: read until it is whole.
+        let mut hdr = vec![b'C'];
+        hdr.extend_from_slice(&1_000_000u32.to_be_bytes());
+        assert_eq!(read_limit(&hdr, max), 1_000_001);
+        // The largest frame accepted, exactly.
+        hdr[1..5].copy_from_slice(&(max as u32).to_be_bytes());
+        assert_eq!(read_limit(&hdr, max), max + 1);
+        // Too long: no reason to read further (the split reports it).
+        hdr[1..5].copy_from_slice(&(max as u32 + 1).to_be_bytes());
+        assert_eq!(read_limit(&hdr, max), READ_PAUSE);
     }
 }

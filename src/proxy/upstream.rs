@@ -24,6 +24,8 @@ use crate::netio::{self, Keepalive, ReadOutcome};
 
 /// The GTM's frames are at most ~64 KiB; this bounds one read burst.
 const UPSTREAM_READ_CAP: usize = 4 << 20;
+/// Largest frame accepted from the GTM.
+const MAX_UPSTREAM_FRAME: usize = frame::DEFAULT_MAX_FRAME * 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LinkState {
@@ -260,7 +262,11 @@ impl Upstream {
             return Ok(());
         }
         let before = self.rbuf.len();
-        let outcome = netio::read_into(sock, &mut self.rbuf, scratch, UPSTREAM_READ_CAP, true)?;
+        // Read at least as far as the frame at the front needs: a frame
+        // larger than the cap (up to the frame limit) must be able to
+        // complete, or the worker would come back for ever to a full buffer.
+        let cap = UPSTREAM_READ_CAP.max(frame::wanted(&self.rbuf, MAX_UPSTREAM_FRAME));
+        let outcome = netio::read_into(sock, &mut self.rbuf, scratch, cap, true)?;
         self.read_paused = outcome == ReadOutcome::Full;
         if self.rbuf.len() > before {
             self.last_read = Instant::now();
@@ -291,7 +297,7 @@ impl Upstream {
     /// starting, the startup answer makes the link ready; a refusal or any
     /// other frame is an error.
     pub fn next_frame(&mut self) -> Result<Option<Incoming>, LinkError> {
-        let Some(raw) = frame::split(&mut self.rbuf, frame::DEFAULT_MAX_FRAME * 4)? else { return Ok(None) };
+        let Some(raw) = frame::split(&mut self.rbuf, MAX_UPSTREAM_FRAME)? else { return Ok(None) };
         let f = ServerFrame::decode(raw, self.state == LinkState::Ready)?;
         if self.state != LinkState::Starting {
             return Ok(Some(Incoming::Answer(f)));

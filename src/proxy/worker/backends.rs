@@ -15,11 +15,11 @@ use log::{debug, trace, warn};
 use mio::net::TcpStream;
 use mio::Token;
 
-use super::{Work, Worker, FIRST_BACKEND, MAX_BACKEND_FRAME};
+use super::{Work, Worker, FIRST_BACKEND, FRAMES_PER_ROUND, MAX_BACKEND_FRAME};
 use crate::codec::frame::{TAG_CLOSE, TAG_COMMAND, TAG_STARTUP};
 use crate::codec::{ClientFrame, RawFrame, StartupPacket};
 use crate::proxy::admission::{self, Admission};
-use crate::proxy::backend::{Backend, Peer, State};
+use crate::proxy::backend::{Backend, Deadlines, Peer, State};
 use crate::proxy::batch::{Forward, Route};
 
 impl Worker {
@@ -45,20 +45,83 @@ impl Worker {
             let _ = self.ids.release(conn, gen, false, None);
             return;
         }
+        let route = b.route();
         entry.insert(b);
         self.stats.backends.fetch_add(1, Ordering::Relaxed);
         debug!("worker {}: backend {key} accepted as conn id {conn}", self.id);
+        self.starting += 1;
+        self.starting_order.push_back((key, route));
+        self.limit_starting();
     }
 
-    pub(super) fn on_backend_event(&mut self, key: usize, readable: bool, writable: bool) {
+    /// Keep the connections still in start-up within this worker's share of
+    /// `max_startup_backends`: the oldest goes first (a real backend sends
+    /// its startup packet at once, so the oldest are the likeliest idlers).
+    /// In a connect storm the oldest may well have sent its startup packet
+    /// already, unread yet: it is read and served first, and only a
+    /// connection that still has not started is closed.
+    fn limit_starting(&mut self) {
+        let workers = self.cfg.worker_threads.max(1);
+        let limit = self.cfg.max_startup_backends.div_ceil(workers).max(1);
+        while self.starting > limit {
+            let Some((key, route)) = self.starting_order.pop_front() else { break };
+            let starting =
+                |w: &Self| w.backends.get(key).is_some_and(|b| b.route() == route && b.state() == State::Startup);
+            if !starting(self) {
+                continue;
+            }
+            if let Some(b) = self.backends.get_mut(key) {
+                let _ = b.read(&mut self.scratch, MAX_BACKEND_FRAME);
+            }
+            self.process_backend(key);
+            if starting(self) {
+                self.drop_with_error(key, "too many connections in start-up");
+            }
+        }
+    }
+
+    /// Deadlines of the backends' input (start-up, incomplete frames); also
+    /// forgets start-up entries of backends that started or left.
+    pub(super) fn expire_backends(&mut self, now: Instant) {
+        let d = Deadlines { startup: self.cfg.backend_startup_timeout, frame: self.cfg.backend_frame_timeout };
+        let late: Vec<(usize, &'static str)> =
+            self.backends.iter().filter_map(|(k, b)| b.overdue(now, d).map(|why| (k, why))).collect();
+        for (key, why) in late {
+            self.drop_with_error(key, why);
+        }
+        let backends = &self.backends;
+        self.starting_order
+            .retain(|(k, r)| backends.get(*k).is_some_and(|b| b.route() == *r && b.state() == State::Startup));
+    }
+
+    /// Close a backend at once with a FATAL `E` (written best effort: its
+    /// socket buffer is normally empty when this is used).
+    fn drop_with_error(&mut self, key: usize, why: &str) {
+        let Some(b) = self.backends.get_mut(key) else { return };
+        self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+        b.send_error("FATAL", why);
+        let _ = b.flush();
+        let now = Instant::now();
+        if let Some(s) = b.may_log(now) {
+            warn!("worker {}: backend {key}: {why}; closing it{s}", self.id);
+        }
+        self.close_backend(key, why);
+    }
+
+    pub(super) fn on_backend_event(&mut self, key: usize, readable: bool, writable: bool, reset: bool) {
         let Some(b) = self.backends.get_mut(key) else { return };
         if writable && !b.wbuf.is_empty() {
             self.work.queue(key, b, Work::Write);
         }
         if readable {
-            if let Err(e) = b.read(&mut self.scratch) {
+            if let Err(e) = b.read(&mut self.scratch, MAX_BACKEND_FRAME) {
                 debug!("worker {}: backend {key} read error: {e}", self.id);
             }
+        }
+        if reset {
+            b.reset();
+        }
+        if readable || reset {
             self.work.queue(key, b, Work::Process);
         }
     }
@@ -66,6 +129,11 @@ impl Worker {
     /// Parse buffered frames of every queued backend, one request at a time
     /// per backend.
     pub(super) fn process_backends(&mut self) {
+        for key in std::mem::take(&mut self.work.carry) {
+            if let Some(b) = self.backends.get_mut(key) {
+                self.work.queue(key, b, Work::Process);
+            }
+        }
         let mut i = 0;
         // Answers delivered below may queue more backends; keep going.
         while i < self.work.process.len() {
@@ -82,24 +150,35 @@ impl Worker {
     }
 
     fn process_backend(&mut self, key: usize) {
+        let mut handled = 0;
         loop {
             let Some(b) = self.backends.get_mut(key) else { return };
+            if handled == FRAMES_PER_ROUND {
+                if b.has_input() {
+                    self.work.carry.push(key);
+                }
+                break;
+            }
             let raw = match b.next_frame(MAX_BACKEND_FRAME) {
                 Ok(Some(raw)) => raw,
                 Ok(None) => break,
                 Err(e) => {
-                    warn!("worker {}: backend {key}: {e}; closing it", self.id);
-                    b.abort("FATAL", &format!("invalid frame: {e}"));
+                    self.log_backend(key, &format!("{e}; closing it"));
+                    if let Some(b) = self.backends.get_mut(key) {
+                        b.abort("FATAL", &format!("invalid frame: {e}"));
+                    }
                     break;
                 }
             };
+            handled += 1;
             self.handle_frame(key, raw);
         }
         let Some(b) = self.backends.get_mut(key) else { return };
-        if b.should_resume_reading() {
+        b.settle(Instant::now());
+        if b.should_resume_reading(MAX_BACKEND_FRAME) {
             // Edge-triggered: nothing will tell us the socket still has data.
-            let _ = b.read(&mut self.scratch);
-            if b.has_input() {
+            let _ = b.read(&mut self.scratch, MAX_BACKEND_FRAME);
+            if b.has_input() || b.finished() {
                 self.work.queue(key, b, Work::Process);
             }
         }
@@ -112,18 +191,23 @@ impl Worker {
     }
 
     fn handle_frame(&mut self, key: usize, raw: RawFrame) {
-        let id = self.id;
         let Some(b) = self.backends.get_mut(key) else { return };
         if b.state() == State::Startup {
             if raw.tag != TAG_STARTUP {
-                warn!("worker {id}: backend {key}: first frame is '{}', not a startup packet", raw.tag as char);
-                b.abort("ERROR", &format!("Expecting a startup message, but received {}", raw.tag as char));
+                let msg = format!("Expecting a startup message, but received {}", raw.tag as char);
+                self.log_backend(key, &msg);
+                if let Some(b) = self.backends.get_mut(key) {
+                    b.abort("ERROR", &msg);
+                }
                 return;
             }
             match StartupPacket::decode(&raw.body) {
                 Ok(sp) => {
                     match crate::proxy::access::check_startup(&self.cfg, b.peer_addr(), sp.name(), sp.remote_type) {
-                        Ok(()) => b.started(Peer::from_startup(&sp)),
+                        Ok(()) => {
+                            b.started(Peer::from_startup(&sp));
+                            self.starting = self.starting.saturating_sub(1);
+                        }
                         Err(deny) => {
                             let peer = b.peer_addr().map_or_else(|| format!("backend {key}"), |p| p.to_string());
                             crate::proxy::access::report_denied(&peer, &deny);
@@ -132,8 +216,11 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    warn!("worker {id}: backend {key}: bad startup packet ({} bytes): {e}", raw.body.len());
-                    b.abort("FATAL", &format!("invalid startup packet: {e}"));
+                    let n = raw.body.len();
+                    self.log_backend(key, &format!("bad startup packet ({n} bytes): {e}"));
+                    if let Some(b) = self.backends.get_mut(key) {
+                        b.abort("FATAL", &format!("invalid startup packet: {e}"));
+                    }
                 }
             }
             return;
@@ -168,7 +255,7 @@ impl Worker {
         };
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         if let Some(msg) = self.link_refusal() {
-            self.reject(key, &msg);
+            self.answer_error(key, &msg);
             return;
         }
         admission::for_each_ending(&req, |g| self.ledger.ending(g));
@@ -205,12 +292,41 @@ impl Worker {
         None
     }
 
-    /// Answer one backend with an `E` and go on with the next frame.
+    /// A protocol error of one backend: answer it with an `E` and go on
+    /// with the next frame; the `backend_error_limit`-th error is answered
+    /// with a FATAL `E` instead, and the connection closes.
     fn reject(&mut self, key: usize, msg: &str) {
-        warn!("worker {}: backend {key}: {msg}", self.id);
+        let limit = self.cfg.backend_error_limit;
+        let Some(b) = self.backends.get_mut(key) else { return };
+        if !b.protocol_error(limit) {
+            self.answer_error(key, msg);
+            return;
+        }
+        let why = format!("{msg}; too many protocol errors ({limit}), closing the connection");
+        self.log_backend(key, &why);
+        self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = self.backends.get_mut(key) {
+            b.abort("FATAL", &why);
+        }
+    }
+
+    /// Answer one backend's request with an `E` (logged, rate-limited per
+    /// backend).
+    fn answer_error(&mut self, key: usize, msg: &str) {
+        self.log_backend(key, msg);
         self.stats.errors_sent.fetch_add(1, Ordering::Relaxed);
         if let Some(b) = self.backends.get_mut(key) {
             b.send_error("ERROR", msg);
+        }
+    }
+
+    /// A warning about one backend, within its log rate limit; lines over
+    /// the limit are counted and reported with the next one let through, or
+    /// when the backend goes.
+    fn log_backend(&mut self, key: usize, msg: &str) {
+        let Some(b) = self.backends.get_mut(key) else { return };
+        if let Some(s) = b.may_log(Instant::now()) {
+            warn!("worker {}: backend {key}: {msg}{s}", self.id);
         }
     }
 
@@ -256,7 +372,13 @@ impl Worker {
         let mut b = self.backends.remove(key);
         b.deregister(self.poll.registry());
         self.stats.backends.fetch_sub(1, Ordering::Relaxed);
+        if b.state() == State::Startup {
+            self.starting = self.starting.saturating_sub(1);
+        }
         debug!("worker {}: backend {key} (conn id {}) gone: {why}", self.id, b.conn);
+        if let Some(s) = b.log_summary() {
+            warn!("worker {}: backend {key} gone: {why}{s}", self.id);
+        }
         let disc = self.departure(b.conn, b.gen, b.peer.as_ref().map(Peer::disconnect_request));
         if let Some(d) = self.ids.release(b.conn, b.gen, b.is_waiting(), disc) {
             self.batch.disconnects.push((b.conn, d));

@@ -24,6 +24,7 @@ mod link;
 pub mod replay;
 mod resolve;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +55,9 @@ const TICK: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame accepted from a backend.
 const MAX_BACKEND_FRAME: usize = frame::DEFAULT_MAX_FRAME;
+/// Most frames of one backend handled in one round; the rest wait for the
+/// next round, so one connection cannot hold its worker.
+const FRAMES_PER_ROUND: usize = 32;
 
 /// Orders from the main thread.
 #[derive(Debug)]
@@ -126,6 +130,9 @@ enum Work {
 struct WorkLists {
     process: Vec<usize>,
     write: Vec<usize>,
+    /// Backends that reached [`FRAMES_PER_ROUND`] with input left: processed
+    /// again next round, which then does not wait for readiness.
+    carry: Vec<usize>,
 }
 
 impl WorkLists {
@@ -175,6 +182,10 @@ pub struct Worker {
     scratch: Vec<u8>,
     stats: Arc<WorkerStats>,
     stopping: Option<(StopMode, Instant)>,
+    /// Backends still waiting for their startup packet, and the order they
+    /// came in (entries of backends that started or left are skipped).
+    starting: usize,
+    starting_order: VecDeque<(usize, Route)>,
 }
 
 /// A seed for the retry jitter that differs between workers and processes.
@@ -220,6 +231,8 @@ impl Worker {
             scratch: vec![0; READ_CHUNK],
             stats,
             stopping: None,
+            starting: 0,
+            starting_order: VecDeque::new(),
         };
         Ok((w, waker))
     }
@@ -231,7 +244,11 @@ impl Worker {
         self.timers.arm_in(now, TICK, TimerKind::Tick);
         self.connect_upstream();
         loop {
-            let timeout = self.timers.next_timeout(Instant::now());
+            let timeout = if self.work.carry.is_empty() {
+                self.timers.next_timeout(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     error!("worker {}: poll failed: {e}", self.id);
@@ -242,7 +259,10 @@ impl Worker {
                 match ev.token() {
                     WAKER => self.on_control(),
                     UPSTREAM => self.on_upstream_event(ev.is_readable(), ev.is_writable() || ev.is_error()),
-                    Token(t) => self.on_backend_event(t - FIRST_BACKEND, ev.is_readable(), ev.is_writable()),
+                    Token(t) => {
+                        let reset = ev.is_error();
+                        self.on_backend_event(t - FIRST_BACKEND, ev.is_readable(), ev.is_writable(), reset)
+                    }
                 }
             }
             let now = Instant::now();
@@ -348,6 +368,7 @@ impl Worker {
                 if !self.up.is_ready() && !self.batch.is_empty() {
                     self.expire_held(now);
                 }
+                self.expire_backends(now);
             }
             TimerKind::Failover => {
                 self.failover_timer = None;
