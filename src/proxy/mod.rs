@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod backend;
 pub mod batch;
+pub mod coalesce;
 pub mod failover;
 pub mod ids;
 pub mod ledger;

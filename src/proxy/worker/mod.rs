@@ -33,6 +33,7 @@ use slab::Slab;
 
 use super::backend::{Backend, READ_CHUNK};
 use super::batch::{Batcher, Route};
+use super::coalesce::{Coalescer, HoldPolicy};
 use super::failover::{Failover, Policy};
 use super::ids::ConnIds;
 use super::ledger::{HighWater, Ledger};
@@ -101,6 +102,8 @@ pub struct WorkerStats {
 enum TimerKind {
     Tick,
     Failover,
+    /// A held MULTI type's budget runs out: the round's flush decides again.
+    Coalesce,
 }
 
 /// Route of the proxy's own requests (rollbacks of GXIDs it refuses or
@@ -146,6 +149,10 @@ pub struct Worker {
     ids: ConnIds<Request>,
     up: Upstream,
     batch: Batcher,
+    /// When held MULTI types are sent (see [`super::coalesce`]).
+    coalesce: Coalescer,
+    /// The timer that wakes the loop for the earliest hold deadline.
+    coalesce_timer: Option<(TimerId, Instant)>,
     work: WorkLists,
     timers: Timers<TimerKind>,
     failover: Failover,
@@ -188,6 +195,8 @@ impl Worker {
             backends: Slab::new(),
             up,
             batch: Batcher::default(),
+            coalesce: Coalescer::new(HoldPolicy::default()),
+            coalesce_timer: None,
             work: WorkLists::default(),
             timers: Timers::new(),
             failover: Failover::new(policy),
@@ -325,6 +334,7 @@ impl Worker {
                     self.expire_held(now);
                 }
             }
+            TimerKind::Coalesce => self.coalesce_timer = None,
             TimerKind::Failover => {
                 self.failover_timer = None;
                 if self.up.is_down() {
