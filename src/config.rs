@@ -189,7 +189,8 @@ impl FromStr for LogLevel {
 /// `err_wait_interval`.
 ///
 /// Extensions of this proxy: `hold_max_requests`, `hold_timeout`, `upstream_timeout`,
-/// `batch_max`, `max_backends`, `backend_output_limit`, `metrics_port`.
+/// `batch_max`, `batch_hold`, `batch_in_flight`, `max_backends`, `backend_output_limit`,
+/// `metrics_port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Node name used for registration and in startup packets (required; may be empty;
@@ -242,6 +243,11 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Extension: most elements in one `*_MULTI` request (default 1024, 1..=16384).
     pub batch_max: usize,
+    /// Extension: longest a grouped request is held so that its MULTI grows behind the
+    /// one in flight (default 2 ms; zero = send every round, full pipelining).
+    pub batch_hold: Duration,
+    /// Extension: MULTIs of one type in flight before new ones are held (default 1, 1..=1024).
+    pub batch_in_flight: usize,
     /// Extension: most concurrent backend connections (default 20000).
     pub max_backends: usize,
     /// Extension: cap of one backend's unsent output, in bytes (default 1 MiB).
@@ -349,6 +355,8 @@ impl Config {
             hold_timeout: Duration::from_secs(30),
             upstream_timeout: Duration::from_secs(10),
             batch_max: 1024,
+            batch_hold: Duration::from_millis(2),
+            batch_in_flight: 1,
             max_backends: 20_000,
             backend_output_limit: 1 << 20,
             metrics_port: 0,
@@ -486,6 +494,8 @@ impl Builder {
             "hold_timeout" => c.hold_timeout = parse_duration(value)?,
             "upstream_timeout" => c.upstream_timeout = parse_duration(value)?,
             "batch_max" => c.batch_max = parse_int(value, 1, MAX_BATCH as i64)? as usize,
+            "batch_hold" => c.batch_hold = parse_duration(value)?,
+            "batch_in_flight" => c.batch_in_flight = parse_int(value, 1, 1024)? as usize,
             "max_backends" => c.max_backends = parse_int(value, 1, 1_000_000)? as usize,
             "backend_output_limit" => c.backend_output_limit = parse_bytes(value)? as usize,
             "metrics_port" => c.metrics_port = parse_port(value, 0)?,
@@ -755,6 +765,8 @@ mod tests {
         assert_eq!(c.hold_timeout, Duration::from_secs(30));
         assert_eq!(c.upstream_timeout, Duration::from_secs(10));
         assert_eq!(c.batch_max, 1024);
+        assert_eq!(c.batch_hold, Duration::from_millis(2));
+        assert_eq!(c.batch_in_flight, 1);
         assert_eq!(c.max_backends, 20_000);
         assert_eq!(c.backend_output_limit, 1024 * 1024);
         assert_eq!(c.metrics_port, 0);
@@ -787,6 +799,8 @@ mod tests {
              hold_timeout = 45
              upstream_timeout = 0
              batch_max = 16384
+             batch_hold = 0
+             batch_in_flight = 4
              max_backends = 300
              backend_output_limit = 65536
              metrics_port = 9187
@@ -816,6 +830,8 @@ mod tests {
         assert_eq!(c.hold_timeout, Duration::from_secs(45));
         assert_eq!(c.upstream_timeout, Duration::ZERO);
         assert_eq!(c.batch_max, 16384);
+        assert_eq!(c.batch_hold, Duration::ZERO);
+        assert_eq!(c.batch_in_flight, 4);
         assert_eq!(c.max_backends, 300);
         assert_eq!(c.backend_output_limit, 65536);
         assert_eq!(c.metrics_port, 9187);
@@ -964,6 +980,9 @@ mod tests {
             ("worker_threads = 0", "worker_threads"),
             ("batch_max = 0", "batch_max"),
             ("batch_max = 16385", "batch_max"),
+            ("batch_in_flight = 0", "batch_in_flight"),
+            ("batch_in_flight = 1025", "batch_in_flight"),
+            ("batch_hold = -1", "batch_hold"),
             ("max_backends = 0", "max_backends"),
             ("keepalives_count = -1", "keepalives_count"),
             ("gtm_connect_retry_count = 99999999999999999999999", "gtm_connect_retry_count"),
@@ -1151,6 +1170,8 @@ mod tests {
             "hold_timeout",
             "upstream_timeout",
             "batch_max",
+            "batch_hold",
+            "batch_in_flight",
             "max_backends",
             "backend_output_limit",
             "metrics_port",
