@@ -63,13 +63,18 @@ pub struct HoldPolicy {
 }
 
 impl HoldPolicy {
+    /// The policy the configuration asks for (`batch_hold`, `batch_in_flight`).
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        HoldPolicy { max_in_flight: cfg.batch_in_flight.max(1), budget: cfg.batch_hold }
+    }
+
     /// Today's behaviour before this policy: everything goes at once.
     pub const PIPELINE: HoldPolicy = HoldPolicy { max_in_flight: usize::MAX, budget: Duration::ZERO };
 }
 
 impl Default for HoldPolicy {
     /// One MULTI per type in flight, the next accumulating behind it, held
-    /// at most 2 ms.
+    /// at most 2 ms (the configuration's defaults).
     fn default() -> Self {
         HoldPolicy { max_in_flight: 1, budget: Duration::from_millis(2) }
     }
@@ -256,6 +261,17 @@ mod tests {
         let (rel, wake) = c.plan(t0 + MS / 10, [0, 0, 0, 60], [0, 0, 0, 0], 1024);
         assert_eq!(rel, [true; 4]);
         assert_eq!(wake, None);
+    }
+
+    #[test]
+    fn configuration_defaults_are_the_default_policy() {
+        let cfg = crate::config::Config::from_str_with(
+            "nodename = 'p'\ngtm_host = 'h'\ngtm_port = 1\n",
+            "t",
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(HoldPolicy::from_config(&cfg), HoldPolicy::default());
     }
 
     #[test]

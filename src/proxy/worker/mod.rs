@@ -186,6 +186,7 @@ impl Worker {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let up = Upstream::new(cfg.gtm_host.clone(), cfg.gtm_port, cfg.nodename.clone(), super::keepalive_of(&cfg));
         let policy = Policy::from_config(&cfg);
+        let coalesce = Coalescer::new(HoldPolicy::from_config(&cfg));
         let w = Worker {
             id,
             poll,
@@ -195,7 +196,7 @@ impl Worker {
             backends: Slab::new(),
             up,
             batch: Batcher::default(),
-            coalesce: Coalescer::new(HoldPolicy::default()),
+            coalesce,
             coalesce_timer: None,
             work: WorkLists::default(),
             timers: Timers::new(),
@@ -305,6 +306,7 @@ impl Worker {
                 }
                 Control::Reload(cfg) => {
                     self.failover.policy = Policy::from_config(&cfg);
+                    self.coalesce.policy = HoldPolicy::from_config(&cfg);
                     self.cfg = cfg;
                     info!("worker {}: configuration reloaded", self.id);
                 }
