@@ -101,8 +101,29 @@ def find_pid(needle, owner_uid=None, timeout=10.0):
 class Server:
     """A server process we started; stopped by its own PID."""
 
-    def __init__(self, name, popen, pid, port):
+    def __init__(self, name, popen, pid, port, metrics_port=None):
         self.name, self.popen, self.pid, self.port = name, popen, pid, port
+        self.metrics_port = metrics_port
+
+    def multi_sizes(self):
+        """Mean elements per MULTI by type, from our proxy's metrics."""
+        if not self.metrics_port:
+            return None
+        try:
+            with socket.create_connection(("127.0.0.1", self.metrics_port), timeout=3) as s:
+                s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+        except OSError:
+            return None
+        sums, counts = {}, {}
+        for line in data.decode(errors="replace").splitlines():
+            for prefix, into in (("gtm_proxy_multi_size_sum{", sums), ("gtm_proxy_multi_size_count{", counts)):
+                if line.startswith(prefix):
+                    t = line.split('type="', 1)[1].split('"', 1)[0]
+                    into[t] = into.get(t, 0) + float(line.rsplit(" ", 1)[1])
+        return {t: {"multis": int(counts[t]), "mean": round(sums[t] / counts[t], 1)} for t in counts if counts[t]}
 
     def stop(self):
         for sig in (15, 9):
@@ -168,12 +189,12 @@ def start_sim(ours, tag):
 
 def start_ours(ours, gtm_port, tag, hold_ms, workers=1):
     d = tempfile.mkdtemp(prefix=f"gtm_cost_{tag}_")
-    port = free_port()
+    port, mport = free_port(), free_port()
     with open(os.path.join(d, "gtm_proxy.conf"), "w") as f:
         f.write(
             f"nodename = '{tag}'\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
             f"gtm_host = '127.0.0.1'\ngtm_port = {gtm_port}\nworker_threads = {workers}\n"
-            f"batch_hold = {hold_ms}ms\nmax_backends = 100000\n"
+            f"batch_hold = {hold_ms}ms\nmax_backends = 100000\nmetrics_port = {mport}\n"
         )
     p = subprocess.Popen(
         ["nice", "-n", "5", f"{ours}/gtm_proxy", "-D", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -181,7 +202,7 @@ def start_ours(ours, gtm_port, tag, hold_ms, workers=1):
     if not wait_port(port):
         p.kill()
         raise RuntimeError(f"our gtm_proxy ({tag}) did not start; see {d}")
-    return Server(tag, p, p.pid, port)
+    return Server(tag, p, p.pid, port, mport)
 
 
 def start_xl_proxy(xl, run_dir, gtm_port, tag):
@@ -289,6 +310,7 @@ def cmd_compare(a):
                     res, rates = bench(a.ours, [px.port], a.backends, a.duration, a.warmup, [gtm.pid, px.pid])
                     s = summarize(res, rates, ["gtm", "proxy"])
                     s["proxy_rss_kib"] = rss_kib(px.pid)
+                    s["multi_sizes"] = px.multi_sizes()
                     runs[name].append(s)
                     log(json.dumps(s))
                 finally:

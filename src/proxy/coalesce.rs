@@ -152,7 +152,13 @@ impl Coalescer {
 #[derive(Debug, Clone)]
 pub struct BatchSizes {
     pub by_kind: [Histogram<u64>; 4],
+    /// Elements sent, per kind (exact; the histograms round).
+    pub sum: [u64; 4],
 }
+
+/// Bucket bounds of the Prometheus histogram: powers of two up to the GTM's
+/// MULTI limit.
+const BUCKETS: [u64; 15] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
 
 impl Default for BatchSizes {
     fn default() -> Self {
@@ -160,7 +166,7 @@ impl Default for BatchSizes {
             Histogram::new_with_bounds(1, crate::codec::types::MAX_GLOBAL_TRANSACTIONS as u64, 2)
                 .expect("constant histogram bounds are valid")
         };
-        BatchSizes { by_kind: [h(), h(), h(), h()] }
+        BatchSizes { by_kind: [h(), h(), h(), h()], sum: [0; 4] }
     }
 }
 
@@ -168,6 +174,7 @@ impl BatchSizes {
     pub fn record(&mut self, k: Kind, n: usize) {
         // Sizes are capped at the GTM's limit by the batcher; saturate anyway.
         self.by_kind[k as usize].saturating_record(n.max(1) as u64);
+        self.sum[k as usize] += n as u64;
     }
 
     /// Fold `other` in (the worker hands its counts to the shared stats).
@@ -176,11 +183,35 @@ impl BatchSizes {
             // Same bounds on both sides: cannot fail.
             let _ = a.add(b);
         }
+        for (a, b) in self.sum.iter_mut().zip(other.sum) {
+            *a += b;
+        }
     }
 
     pub fn reset(&mut self) {
         for h in &mut self.by_kind {
             h.reset();
+        }
+        self.sum = [0; 4];
+    }
+
+    /// Append the Prometheus histogram `gtm_proxy_multi_size` for every
+    /// worker (label `worker`, and `type` = the MULTI type).
+    pub fn write_prometheus(out: &mut String, workers: &[BatchSizes]) {
+        use std::fmt::Write as _;
+        let name = "gtm_proxy_multi_size";
+        let _ = writeln!(out, "# HELP {name} Elements per *_MULTI request sent to the GTM.\n# TYPE {name} histogram");
+        for (i, w) in workers.iter().enumerate() {
+            for k in Kind::ALL {
+                let (h, t) = (&w.by_kind[k as usize], k.name());
+                for le in BUCKETS {
+                    let n = h.count_between(0, le);
+                    let _ = writeln!(out, "{name}_bucket{{worker=\"{i}\",type=\"{t}\",le=\"{le}\"}} {n}");
+                }
+                let _ = writeln!(out, "{name}_bucket{{worker=\"{i}\",type=\"{t}\",le=\"+Inf\"}} {}", h.len());
+                let _ = writeln!(out, "{name}_sum{{worker=\"{i}\",type=\"{t}\"}} {}", w.sum[k as usize]);
+                let _ = writeln!(out, "{name}_count{{worker=\"{i}\",type=\"{t}\"}} {}", h.len());
+            }
         }
     }
 
@@ -289,6 +320,18 @@ mod tests {
         total.add(&s);
         total.add(&s);
         assert_eq!(total.by_kind[Kind::Snapshot as usize].len(), 4);
+        assert_eq!(total.sum[Kind::Snapshot as usize], 800);
+        let mut text = String::new();
+        BatchSizes::write_prometheus(&mut text, &[total.clone(), BatchSizes::default()]);
+        let line = |l: &str| text.lines().find(|x| x.starts_with(l)).map(|x| x.rsplit(' ').next().unwrap().to_string());
+        let snap = "gtm_proxy_multi_size_bucket{worker=\"0\",type=\"snapshot\"";
+        assert_eq!(line(&format!("{snap},le=\"64\"}}")).as_deref(), Some("0"));
+        assert_eq!(line(&format!("{snap},le=\"128\"}}")).as_deref(), Some("2"));
+        assert_eq!(line(&format!("{snap},le=\"+Inf\"}}")).as_deref(), Some("4"));
+        let sum = "gtm_proxy_multi_size_sum{worker=\"0\",type=\"snapshot\"}";
+        assert_eq!(line(sum).as_deref(), Some("800"));
+        let begin1 = "gtm_proxy_multi_size_count{worker=\"1\",type=\"begin\"}";
+        assert_eq!(line(begin1).as_deref(), Some("0"));
         total.reset();
         assert!(total.is_empty());
     }

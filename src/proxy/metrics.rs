@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
+use super::coalesce::BatchSizes;
 use super::worker::WorkerStats;
 
 /// Bind `addr` and serve `GET /metrics` from a background thread.
@@ -96,5 +97,8 @@ pub fn render(workers: &[Arc<WorkerStats>]) -> String {
             let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(w));
         }
     }
+    let sizes: Vec<BatchSizes> =
+        workers.iter().map(|w| w.batch_sizes.lock().map(|s| s.clone()).unwrap_or_default()).collect();
+    BatchSizes::write_prometheus(&mut out, &sizes);
     out
 }

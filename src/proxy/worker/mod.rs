@@ -23,7 +23,7 @@ mod backends;
 mod link;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -33,7 +33,7 @@ use slab::Slab;
 
 use super::backend::{Backend, READ_CHUNK};
 use super::batch::{Batcher, Route};
-use super::coalesce::{Coalescer, HoldPolicy};
+use super::coalesce::{BatchSizes, Coalescer, HoldPolicy};
 use super::failover::{Failover, Policy};
 use super::ids::ConnIds;
 use super::ledger::{HighWater, Ledger};
@@ -96,6 +96,8 @@ pub struct WorkerStats {
     pub in_flight: AtomicUsize,
     /// GXIDs in the ledger.
     pub ledger_gxids: AtomicUsize,
+    /// Elements per MULTI sent, per type; the worker adds its counts every tick.
+    pub batch_sizes: Mutex<BatchSizes>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,6 +263,18 @@ impl Worker {
         s.ledger_gxids.store(self.ledger.len(), Ordering::Relaxed);
     }
 
+    /// Hand the MULTI sizes counted since the last tick to the shared stats.
+    /// Never waits: if the metrics reader holds the lock, the next tick does it.
+    fn publish_batch_sizes(&mut self) {
+        if self.batch.sizes.is_empty() {
+            return;
+        }
+        if let Ok(mut shared) = self.stats.batch_sizes.try_lock() {
+            shared.add(&self.batch.sizes);
+            self.batch.sizes.reset();
+        }
+    }
+
     fn finished(&mut self) -> bool {
         let Some((mode, since)) = self.stopping else { return false };
         match mode {
@@ -322,6 +336,7 @@ impl Worker {
         match t {
             TimerKind::Tick => {
                 self.timers.arm_in(now, TICK, TimerKind::Tick);
+                self.publish_batch_sizes();
                 let limit = self.cfg.upstream_timeout;
                 if !limit.is_zero() && self.up.silent_longer_than(now, limit) {
                     let n = self.up.owed();
