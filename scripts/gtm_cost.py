@@ -245,6 +245,9 @@ class Sampler(threading.Thread):
         ]
 
 
+BENCH_ARGS = []
+
+
 def bench(ours, ports, backends, duration, warmup, watch, think_us=0):
     """Run one gtm_bench per port (backends split evenly) at once; return
     their summaries and the CPU rate of each watched PID in the window
@@ -256,6 +259,7 @@ def bench(ours, ports, backends, duration, warmup, watch, think_us=0):
         out = tempfile.NamedTemporaryFile(prefix="gtm_cost_bench_", suffix=".json", delete=False)
         cmd = ["nice", "-n", "5", f"{ours}/gtm_bench", "--port", str(port), "--backends", str(backends // len(ports))]
         cmd += ["--duration", str(duration), "--warmup", str(warmup), "--json", out.name, "--think-us", str(think_us)]
+        cmd += BENCH_ARGS
         procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out.name))
     for p, _ in procs:
         p.wait()
@@ -403,6 +407,7 @@ def main():
             p.add_argument("--run-dir", default="/work/pgxl/run")
             p.add_argument("--duration", type=int, default=10)
             p.add_argument("--warmup", type=int, default=2)
+            p.add_argument("--bench-arg", action="append", default=[], help="extra gtm_bench option (repeatable)")
         if name == "compare":
             p.add_argument("--backends", type=int, default=1000)
             p.add_argument("--reps", type=int, default=3)
@@ -412,6 +417,7 @@ def main():
         if name == "idle":
             p.add_argument("--backends", type=int, default=10000)
     a = ap.parse_args()
+    BENCH_ARGS.extend(getattr(a, "bench_arg", []))
     out = a.func(a)
     print(json.dumps(out, indent=2))
 
