@@ -1,12 +1,18 @@
 //! Files in the proxy data directory that other tools rely on, and `gtm_ctl reconnect`.
 //!
-//! * `gtm_proxy.pid`: `PID\nABSOLUTE_DATA_DIR\n`, mode 0600, created exclusively, removed
-//!   at shutdown ([`PidFile`]). `gtm_ctl` reads the first line.
+//! * `gtm_proxy.pid`: `PID\nABSOLUTE_DATA_DIR\n1\n`, mode 0600, created exclusively,
+//!   removed at shutdown ([`PidFile`]). `gtm_ctl stop`/`reconnect` read the pid;
+//!   `gtm_ctl status` reads three tokens (pid, directory, integer mode: 1 active, as the
+//!   GTM writes it).
 //! * `gtm_proxy.opts`: the command-line arguments, ` "arg"` each, newline-terminated
 //!   ([`write_opts`]).
 //! * `newgtm`: written by `gtm_ctl reconnect -Z gtm_proxy -D DIR -o "-s HOST -t PORT"`
 //!   (the `-o` string plus a newline), followed by SIGUSR1 to the proxy
 //!   ([`write_newgtm`], [`send_reconnect`]); the proxy reads it with [`read_newgtm`].
+//!
+//! * systemd: [`notify_ready`], [`notify_stopping`] and the [`Watchdog`] speak the
+//!   `sd_notify` protocol when the proxy runs under a `Type=notify` unit, and do nothing
+//!   otherwise.
 //!
 //! Unlike XL 10, a bad or missing `newgtm` is an ordinary error for the caller to log and
 //! ignore, never a reason to exit.
@@ -20,6 +26,8 @@ use thiserror::Error;
 
 /// Pid file name inside the data directory.
 pub const PID_FILE_NAME: &str = "gtm_proxy.pid";
+/// Third line of the pid file: the integer mode `gtm_ctl status` reads (1 = active).
+pub const PID_FILE_MODE: &str = "1\n";
 /// Options file name inside the data directory.
 pub const OPTS_FILE_NAME: &str = "gtm_proxy.opts";
 /// Reconnect options file name inside the data directory.
@@ -82,13 +90,13 @@ pub struct PidFile {
 }
 
 impl PidFile {
-    /// Create `DIR/gtm_proxy.pid` exclusively (mode 0600) with `PID\nABSOLUTE_DIR\n`.
+    /// Create `DIR/gtm_proxy.pid` exclusively (mode 0600) with `PID\nABSOLUTE_DIR\n1\n`.
     ///
     /// An existing file whose process is gone (or is this process or its parent, as after
     /// a container restart that reuses pids) is replaced; one naming a live process gives
     /// [`ControlError::AlreadyRunning`]; an unreadable one [`ControlError::BogusPidFile`].
     pub fn create(data_dir: &Path) -> Result<PidFile, ControlError> {
-        PidFile::create_named(data_dir, PID_FILE_NAME, "")
+        PidFile::create_named(data_dir, PID_FILE_NAME, PID_FILE_MODE)
     }
 
     /// Like [`PidFile::create`] for another server's pid file: `DIR/file_name` with
@@ -213,19 +221,83 @@ pub fn read_pid(data_dir: &Path) -> Result<i32, ControlError> {
     read_pid_file(&data_dir.join(PID_FILE_NAME))
 }
 
+/// The pid of the proxy running in `data_dir`: [`ControlError::NoPidFile`] or
+/// [`ControlError::NotRunning`] when there is none.
+pub fn running_pid(data_dir: &Path) -> Result<i32, ControlError> {
+    let pid = read_pid(data_dir)?;
+    if !process_alive(pid) {
+        return Err(ControlError::NotRunning { pid });
+    }
+    Ok(pid)
+}
+
 /// Write `DIR/gtm_proxy.opts` as XL 10 does: `args` is the whole command line
 /// (`std::env::args()`); the program path `args[0]` is skipped, and each other argument is
 /// written as ` "arg"` (no escaping), followed by a newline.
+///
+/// Unlike XL, an option given more than once is written once, with its last value
+/// ([`effective_options`]): `gtm_ctl restart` runs `gtm_proxy -D DIR` plus this line, so
+/// XL's file gains one `"-D" "DIR"` per restart until gtm_ctl's command buffer overflows.
 pub fn write_opts(data_dir: &Path, args: &[String]) -> Result<(), ControlError> {
     let mut text = String::new();
-    for arg in args.iter().skip(1) {
+    for arg in effective_options(args.get(1..).unwrap_or_default()) {
         text.push_str(" \"");
-        text.push_str(arg);
+        text.push_str(&arg);
         text.push('"');
     }
     text.push('\n');
     let path = data_dir.join(OPTS_FILE_NAME);
     fs::write(&path, text).map_err(io_err("write", &path))
+}
+
+/// The arguments saved in `DIR/gtm_proxy.opts` (the running proxy's command line);
+/// empty if there is no such file.
+pub fn read_opts(data_dir: &Path) -> Result<Vec<String>, ControlError> {
+    let text = read_small(&data_dir.join(OPTS_FILE_NAME))?.unwrap_or_default();
+    Ok(parse_opts(&text))
+}
+
+/// The arguments of an opts line: ` "arg"` each, no escaping, so every second piece
+/// between double quotes.
+pub fn parse_opts(text: &str) -> Vec<String> {
+    let line = text.lines().next().unwrap_or("");
+    line.split('"').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+/// Options of the proxy that take a value (all of them do).
+const VALUE_OPTIONS: &[char] = &['D', 'h', 'p', 's', 't', 'i', 'n', 'l'];
+
+/// `args` (without the program name) with each repeated option kept once, at its first
+/// position, with its last value; `-Xvalue` is written as `-X value`. Anything that is not
+/// a known option with its value leaves `args` unchanged.
+pub fn effective_options(args: &[String]) -> Vec<String> {
+    let mut pairs: Vec<(char, &str)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let mut chars = a.chars();
+        let flag = match (chars.next(), chars.next()) {
+            (Some('-'), Some(c)) if VALUE_OPTIONS.contains(&c) => c,
+            _ => return args.to_vec(),
+        };
+        let value = if a.len() > 2 {
+            &a[2..]
+        } else {
+            match args.get(i + 1) {
+                Some(v) => {
+                    i += 1;
+                    v.as_str()
+                }
+                None => return args.to_vec(),
+            }
+        };
+        i += 1;
+        match pairs.iter_mut().find(|(f, _)| *f == flag) {
+            Some(p) => p.1 = value,
+            None => pairs.push((flag, value)),
+        }
+    }
+    pairs.into_iter().flat_map(|(f, v)| [format!("-{f}"), v.to_string()]).collect()
 }
 
 /// Target of a `gtm_ctl reconnect`: the new GTM host and/or port.
@@ -332,6 +404,57 @@ pub fn send_reconnect(data_dir: &Path, opts: &str) -> Result<i32, ControlError> 
     Ok(pid)
 }
 
+/// Tell systemd (`Type=notify`) that the proxy is ready: it listens and its GTM link is
+/// up. Does nothing outside systemd.
+pub fn notify_ready() {
+    notify(sd_notify::NotifyState::Ready);
+}
+
+/// Tell systemd that the proxy is stopping.
+pub fn notify_stopping() {
+    notify(sd_notify::NotifyState::Stopping);
+}
+
+fn notify(state: sd_notify::NotifyState) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    match sd_notify::notify(std::slice::from_ref(&state)) {
+        Ok(()) => log::debug!("told systemd: {state}"),
+        Err(e) => log::warn!("could not notify systemd: {e}"),
+    }
+}
+
+/// systemd's watchdog (`WatchdogSec=` in the unit): pinged from the main loop at half the
+/// configured period, so a stuck main loop gets the proxy restarted.
+#[derive(Debug)]
+pub struct Watchdog {
+    period: Option<std::time::Duration>,
+    last: Option<std::time::Instant>,
+}
+
+impl Watchdog {
+    /// Enabled when systemd set `WATCHDOG_USEC` (and `WATCHDOG_PID`, if set, is ours).
+    pub fn from_env() -> Watchdog {
+        let period = sd_notify::watchdog_enabled().map(|d| d / 2);
+        if let Some(p) = period {
+            log::info!("systemd watchdog enabled, pinging every {p:?}");
+        }
+        Watchdog { period, last: None }
+    }
+
+    /// Ping if half the watchdog period has passed since the last ping.
+    pub fn tick(&mut self) {
+        let Some(period) = self.period else { return };
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < period) {
+            return;
+        }
+        self.last = Some(now);
+        notify(sd_notify::NotifyState::Watchdog);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,7 +477,12 @@ mod tests {
             assert_eq!(pf.pid(), std::process::id() as i32);
             let text = fs::read_to_string(&path).expect("read");
             let abs = std::path::absolute(dir.path()).expect("abs");
-            assert_eq!(text, format!("{}\n{}\n", std::process::id(), abs.display()));
+            assert_eq!(text, format!("{}\n{}\n1\n", std::process::id(), abs.display()));
+            // The three tokens gtm_ctl status scans: pid, directory, integer mode.
+            let tokens: Vec<&str> = text.split_whitespace().collect();
+            assert_eq!(tokens.len(), 3, "{text}");
+            assert_eq!(tokens[0].parse::<i32>().expect("pid"), std::process::id() as i32);
+            assert_eq!(tokens[2].parse::<i32>().expect("mode"), 1);
             assert_eq!(mode(&path), 0o600);
             assert_eq!(read_pid(dir.path()).expect("pid"), std::process::id() as i32);
         }
@@ -469,6 +597,12 @@ mod tests {
         write_opts(dir.path(), &args).expect("write");
         let text = fs::read_to_string(dir.path().join(OPTS_FILE_NAME)).expect("read");
         assert_eq!(text, " \"-D\" \"/data/p\" \"-i\" \"px\"\n");
+        // What gtm_ctl restart runs: the opts line does not grow with each restart.
+        let restart: Vec<String> =
+            ["gtm_proxy", "-D", "/data/p", "-D", "/data/p", "-i", "px"].iter().map(|s| s.to_string()).collect();
+        write_opts(dir.path(), &restart).expect("write");
+        let again = fs::read_to_string(dir.path().join(OPTS_FILE_NAME)).expect("read");
+        assert_eq!(again, text);
         write_opts(dir.path(), &args[..1]).expect("write");
         let text = fs::read_to_string(dir.path().join(OPTS_FILE_NAME)).expect("read");
         assert_eq!(text, "\n");
@@ -561,5 +695,28 @@ mod tests {
             read_newgtm(dir.path()).expect("newgtm"),
             NewGtm { host: Some("newhost".into()), port: Some(16003) }
         );
+    }
+
+    #[test]
+    fn effective_options_last_value_first_position() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(effective_options(&v(&["-D", "/a", "-p", "1", "-D", "/b"])), v(&["-D", "/b", "-p", "1"]));
+        assert_eq!(effective_options(&v(&["-D/a", "-i", "x", "-ix2"])), v(&["-D", "/a", "-i", "x2"]));
+        assert_eq!(effective_options(&v(&[])), v(&[]));
+        // Not options as expected: written as given.
+        for odd in [&["-D"][..], &["-q", "1"][..], &["check", "-D", "/d"][..], &["-"][..]] {
+            assert_eq!(effective_options(&v(odd)), v(odd), "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn opts_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read_opts(dir.path()).expect("no file"), Vec::<String>::new());
+        let args: Vec<String> =
+            ["gtm_proxy", "-D", "/d ir", "-i", "", "-p", "0"].iter().map(|s| s.to_string()).collect();
+        write_opts(dir.path(), &args).expect("write");
+        assert_eq!(read_opts(dir.path()).expect("read"), args[1..].to_vec());
+        assert_eq!(parse_opts(" \"-D\" \"x\"\n\"-i\""), vec!["-D", "x"]);
     }
 }

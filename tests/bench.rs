@@ -4,17 +4,22 @@
 //! layouts and unique GXIDs), checks that every request is exactly what an
 //! XL 10 backend sends, and can be told to misbehave.
 //!
-//! Every loop here is bounded in time: the fake stops when dropped, and the
-//! bench process is killed if it outlives its deadline.
+//! The output modes (text, `--json`, `-P` progress) and the target, compare
+//! and scenario options are tested against the real simulator and proxy.
+//! No assertion depends on how fast anything runs: counts, states and the
+//! shape of the output only.
+//!
+//! Every loop here is bounded in time: the fake stops when dropped, and
+//! every process a test starts is killed on every path (a guard's Drop).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,6 +55,8 @@ struct FakeState {
     begins: AtomicU32,
     commits: AtomicU32,
     clients: AtomicU32,
+    /// Begins that carried a lone NUL instead of a session id.
+    bare_begins: AtomicU32,
     /// Anything a real XL 10 backend would not have sent.
     violations: Mutex<Vec<String>>,
 }
@@ -78,6 +85,7 @@ impl FakeGtm {
             begins: AtomicU32::new(0),
             commits: AtomicU32::new(0),
             clients: AtomicU32::new(1),
+            bare_begins: AtomicU32::new(0),
             violations: Mutex::new(Vec::new()),
         });
         let (st, st2) = (state.clone(), state.clone());
@@ -180,6 +188,9 @@ fn answer(st: &FakeState, req: Request, out: &mut BytesMut) -> bool {
                 violation(st, format!("begin {b:?}"));
             }
             let sid = &b.session_id[..];
+            if sid == b"\0" {
+                st.bare_begins.fetch_add(1, Ordering::Relaxed);
+            }
             let shaped = sid == b"\0"
                 || sid.ends_with(b"\0")
                     && (sid.starts_with(b"cn1_") || sid.starts_with(b"dn1_"))
@@ -233,25 +244,58 @@ fn answer(st: &FakeState, req: Request, out: &mut BytesMut) -> bool {
     true
 }
 
-/// Run gtm_bench, killing it if it is still running after `limit`.
-fn bench(args: &[&str], envs: &[(&str, String)], limit: Duration) -> (Output, Value) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gtm_bench"));
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
+/// A child process killed when dropped (on panics too).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    let child = cmd.spawn().unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()));
-    let out = match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("gtm_bench still running after {limit:?}");
+}
+
+/// Run `exe args` with output captured, killed if it outlives `limit`.
+fn run_limited(exe: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("RUST_LOG");
+    let mut guard = Guard(cmd.spawn().unwrap());
+    // Drain both pipes on threads so a chatty child never blocks on a full pipe.
+    let mut so = guard.0.stdout.take().unwrap();
+    let mut se = guard.0.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = guard.0.try_wait().unwrap() {
+            break st;
         }
+        assert!(Instant::now() < deadline, "{} {args:?} still running after {limit:?}", exe.display());
+        std::thread::sleep(Duration::from_millis(20));
     };
+    Output { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+}
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_gtm_bench"))
+}
+
+/// Run gtm_bench with `--json`; the parsed output.
+fn bench(args: &[&str], limit: Duration) -> (Output, Value) {
+    bench_exe(exe(), args, limit)
+}
+
+fn bench_exe(exe: &Path, args: &[&str], limit: Duration) -> (Output, Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = run_limited(exe, &all, limit);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!("stdout is not JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
@@ -263,238 +307,354 @@ fn port(addr: SocketAddr) -> String {
     addr.port().to_string()
 }
 
+fn target(addr: SocketAddr) -> String {
+    format!("--target={addr}")
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A count that may be absent (error kinds are listed only when they occurred).
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
 }
 
 #[test]
 fn clean_run_against_the_fake_gtm() {
     let gtm = FakeGtm::start(Fault::None);
-    let p = port(gtm.addr);
-    let args = ["--port", &p, "--backends", "50", "--duration", "2", "--warmup", "0", "--json", "-"];
-    let (out, j) = bench(&args, &[], Duration::from_secs(15));
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{j:#}\n{err}");
+    let t = target(gtm.addr);
+    let (out, j) = bench(&[&t, "-c", "50", "-T", "1s", "--warmup", "0s"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    assert_eq!(j["mode"], "run");
     assert_eq!(j["ok"], true);
-    assert_eq!(j["target"], format!("127.0.0.1:{p}"));
-    assert_eq!(j["via"], "direct");
-    assert_eq!(j["backends"], 50);
-    assert!(j["txns"].as_u64().unwrap() > 0);
-    assert!(j["txn_per_s"].as_f64().unwrap() > 0.0);
-    let count = |op: &str| j["latency_us"][op]["count"].as_u64().unwrap();
-    assert_eq!(j["ops"].as_u64().unwrap(), count("begin") + count("snapshot") + count("commit"));
-    assert_eq!(j["txns"].as_u64().unwrap(), count("commit"));
+    assert_eq!(j["target"]["addr"], gtm.addr.to_string());
+    assert_eq!(j["load"]["backends"], 50);
+    assert!(n(&j["txns"]) > 0);
+    let count = |op: &str| n(&j["latency_us"][op]["count"]);
+    assert_eq!(n(&j["ops"]), count("begin") + count("snapshot") + count("commit"));
+    assert_eq!(n(&j["txns"]), count("commit"));
     assert_eq!(count("txn"), count("commit"));
     assert_eq!(j["errors"]["total"], 0, "{j:#}");
+    let kinds = j["errors"]["by_kind"].as_object().unwrap();
+    assert!(kinds.len() >= 15 && kinds.values().all(|v| v == 0), "{j:#}");
     assert_eq!(j["gxids"]["duplicates"], 0);
-    assert_eq!(j["gxids"]["duplicates_while_open"], 0);
-    assert!(j["gxids"]["handed_out"].as_u64().unwrap() >= j["txns"].as_u64().unwrap());
+    assert!(n(&j["gxids"]["handed_out"]) >= n(&j["txns"]));
     assert_eq!(j["connections"]["established"], 50);
     assert_eq!(j["connections"]["failed"], 0);
-    let m = j["measured_s"].as_f64().unwrap();
-    assert!((1.9..2.5).contains(&m), "measured {m}");
     for op in ["begin", "snapshot", "commit", "txn"] {
         let l = &j["latency_us"][op];
-        assert!(l["count"].as_u64().unwrap() > 0, "{op}");
-        let (p50, p99, max) = (l["p50"].as_f64().unwrap(), l["p99"].as_f64().unwrap(), l["max"].as_f64().unwrap());
-        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{op}: {l}");
+        let q = |k: &str| l[k].as_f64().unwrap();
+        assert!(0.0 < q("p50") && q("p50") <= q("p90") && q("p90") <= q("p99") && q("p99") <= q("max"), "{op}: {l}");
     }
-    assert!(err.contains("txn/s") && err.contains("OK"), "{err}");
+    assert_eq!(j["cpu"][0]["name"], "gtm_bench", "{j:#}");
+    assert!(j["timeline"].is_null(), "no timeline unless asked for");
     assert_eq!(gtm.violations(), Vec::<String>::new());
+}
+
+#[test]
+fn human_output_by_default_with_progress_lines() {
+    let gtm = FakeGtm::start(Fault::ErrorOnCommitEvery(50));
+    let t = target(gtm.addr);
+    let args = [&t[..], "-c", "10", "-T", "1s", "--warmup", "0s", "-P", "200ms", "--max-reconnects", "1000000"];
+    let out = run_limited(exe(), &args, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "errors make the run fail\n{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.trim_start().starts_with('{'), "{text}");
+    for want in ["throughput:", "txn/s", "p50", "p90", "p99", "p99.9", "max", "gtm_bench", "result: FAILED"] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+    let errors = text.lines().find(|l| l.starts_with("errors:")).unwrap();
+    assert!(errors.contains("server_error") && errors.contains("commit"), "{errors}");
+    for op in ["begin", "snapshot", "commit", "txn"] {
+        let row = text.lines().find(|l| l.trim_start().starts_with(op)).unwrap();
+        assert!(row.contains("µs") || row.contains("ms"), "latency with a unit: {row}");
+        let digits = |w: &str| w.chars().filter(char::is_ascii_digit).count();
+        let decimals = row.split_whitespace().filter(|w| w.contains('.'));
+        assert!(decimals.clone().count() > 0 && decimals.clone().all(|w| digits(w) <= 3), "no false precision: {row}");
+    }
+    let err = stderr(&out);
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("progress:")).map(|l| l.trim()).collect();
+    assert!(!progress.is_empty(), "{err}");
+    assert!(progress.iter().all(|l| l.contains("txn/s") && l.ends_with("/10 connected")), "{progress:?}");
 }
 
 #[test]
 fn no_session_id_and_think_time() {
     let gtm = FakeGtm::start(Fault::None);
-    let p = port(gtm.addr);
-    let args = [
-        "--port",
-        &p,
-        "--backends",
-        "10",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.2",
-        "--think-us",
-        "20000",
-        "--no-session-id",
-        "--threads",
-        "2",
-    ];
-    let (out, j) = bench(&args, &[], Duration::from_secs(15));
+    let t = target(gtm.addr);
+    let args = [&t[..], "-c", "10", "-T", "1s", "--warmup", "200ms", "--think", "20ms", "--no-session-id", "-j", "2"];
+    let (out, j) = bench(&args, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
-    // 10 backends thinking 20 ms between transactions: well under 500 txn/s.
-    let tps = j["txn_per_s"].as_f64().unwrap();
-    assert!(tps > 50.0 && tps < 500.0, "{tps}");
-    assert_eq!(j["session_ids"], false);
-    assert_eq!(j["threads"], 2);
+    assert_eq!(j["load"]["session_ids"], false);
+    assert_eq!(j["load"]["threads"], 2);
+    assert_eq!(j["load"]["think_us"], 20000);
+    let begins = gtm.state.begins.load(Ordering::Relaxed);
+    assert!(begins > 0);
+    assert_eq!(gtm.state.bare_begins.load(Ordering::Relaxed), begins, "every begin without a session id");
     assert_eq!(gtm.violations(), Vec::<String>::new());
 }
 
 #[test]
 fn duplicate_gxids_are_reported() {
     let gtm = FakeGtm::start(Fault::DuplicateGxidEvery(7));
-    let p = port(gtm.addr);
-    let args = ["--port", &p, "--backends", "20", "--duration", "1", "--warmup", "0"];
-    let (out, j) = bench(&args, &[], Duration::from_secs(15));
+    let t = target(gtm.addr);
+    let (out, j) = bench(&[&t, "-c", "20", "-T", "1s", "--warmup", "0s"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1), "{j:#}");
     assert_eq!(j["ok"], false);
-    let dups = j["gxids"]["duplicates"].as_u64().unwrap();
+    let dups = n(&j["gxids"]["duplicates"]);
     assert!(dups > 0, "{j:#}");
-    let handed = j["gxids"]["handed_out"].as_u64().unwrap();
-    assert_eq!(j["gxids"]["unique"].as_u64().unwrap() + dups, handed);
-    assert!(stderr(&out).contains("duplicate gxids"));
+    assert_eq!(n(&j["gxids"]["unique"]) + dups, n(&j["gxids"]["handed_out"]));
 }
 
 #[test]
 fn server_errors_are_counted_and_backends_reconnect() {
     let gtm = FakeGtm::start(Fault::ErrorOnCommitEvery(50));
-    let p = port(gtm.addr);
-    let args = ["--port", &p, "--backends", "20", "--duration", "1", "--warmup", "0", "--max-reconnects", "1000000"];
-    let (out, j) = bench(&args, &[], Duration::from_secs(15));
+    let t = target(gtm.addr);
+    let args = [&t[..], "-c", "20", "-T", "1s", "--warmup", "0s", "--max-reconnects", "1000000"];
+    let (out, j) = bench(&args, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1), "{j:#}");
     let e = &j["errors"];
-    let n = e["by_kind"]["server_error"].as_u64().unwrap();
-    assert!(n > 0, "{j:#}");
-    assert_eq!(e["by_op"]["commit"].as_u64().unwrap(), n);
-    assert_eq!(e["total"].as_u64().unwrap(), n);
-    assert!(j["connections"]["reconnects"].as_u64().unwrap() > 0);
-    assert!(j["connections"]["established"].as_u64().unwrap() > 20);
-    assert!(j["txns"].as_u64().unwrap() > 0);
+    let k = n(&e["by_kind"]["server_error"]);
+    assert!(k > 0, "{j:#}");
+    assert_eq!(n(&e["by_op"]["commit"]), k);
+    assert_eq!(n(&e["total"]), k);
+    assert!(n(&j["connections"]["reconnects"]) > 0);
+    assert!(n(&j["connections"]["established"]) > 20);
     assert_eq!(gtm.violations(), Vec::<String>::new());
 }
 
 #[test]
 fn a_close_right_after_an_answer_is_noticed_at_once() {
     let gtm = FakeGtm::start(Fault::CloseAfterCommitEvery(20));
-    let p = port(gtm.addr);
-    let args = ["--port", &p, "--backends", "10", "--duration", "1", "--warmup", "0", "--max-reconnects", "1000000"];
-    let (out, j) = bench(&args, &[], Duration::from_secs(15));
+    let t = target(gtm.addr);
+    let args = [&t[..], "-c", "10", "-T", "1s", "--warmup", "0s", "--max-reconnects", "1000000"];
+    let (out, j) = bench(&args, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1), "{j:#}");
     let e = &j["errors"];
-    let closes = e["by_kind"]["unexpected_close"].as_u64().unwrap();
+    let closes = n(&e["by_kind"]["unexpected_close"]);
     assert!(closes > 0, "{j:#}");
-    assert_eq!(e["total"].as_u64().unwrap(), closes, "nothing but the closes: no timeouts");
+    assert_eq!(n(&e["total"]), closes, "nothing but the closes: no timeouts");
     // Blamed on the commit just answered when the FIN came with it, else on the next begin.
-    let by_op = |op: &str| e["by_op"][op].as_u64().unwrap();
-    assert_eq!(by_op("commit") + by_op("begin"), closes, "{e}");
-    // Without noticing the close at once, each would stall a backend for the 20 s request timeout.
-    assert!(j["txns"].as_u64().unwrap() > 10 * closes, "{j:#}");
-    assert_eq!(gtm.violations(), Vec::<String>::new());
+    assert_eq!(n(&e["by_op"]["commit"]) + n(&e["by_op"]["begin"]), closes, "{e}");
 }
 
 #[test]
 fn error_limit_ends_the_run_early() {
     let gtm = FakeGtm::start(Fault::ErrorOnCommitEvery(2));
-    let p = port(gtm.addr);
-    let args = ["--port", &p, "--backends", "5", "--duration", "10", "--warmup", "0", "--max-errors", "20"];
-    let started = Instant::now();
-    let (out, j) = bench(&args, &[], Duration::from_secs(15));
+    let t = target(gtm.addr);
+    let args = [&t[..], "-c", "5", "-T", "10m", "--warmup", "0s", "--max-errors", "20"];
+    // A 10-minute window that must end by itself long before this bound.
+    let (out, j) = bench(&args, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(1));
-    assert!(started.elapsed() < Duration::from_secs(8), "stopped early");
     assert!(j["stop_reason"].as_str().unwrap().contains("error limit"), "{j:#}");
-    assert!(j["errors"]["total"].as_u64().unwrap() >= 20);
+    assert!(n(&j["errors"]["total"]) >= 20);
 }
 
 #[test]
 fn unreachable_target_is_fatal() {
     // A port nobody listens on: bind one, note it, close it.
     let p = port(TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
-    let args = ["--port", &p, "--backends", "3", "--duration", "1", "--max-reconnects", "1"];
-    let (out, j) = bench(&args, &[], Duration::from_secs(15));
+    let t = format!("--target=127.0.0.1:{p}");
+    let (out, j) = bench(&[&t, "-c", "3", "-T", "1s", "--max-reconnects", "1"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(j["ok"], false);
+    assert_eq!(j["mode"], "fatal");
     assert!(j["fatal"].as_str().unwrap().contains("no connection"), "{j:#}");
+    assert!(stderr(&out).contains("no connection"));
 }
 
-/// A stand-in for gtm_sim / gtm_proxy: records its pid and arguments,
-/// writes `$FAKE_ADDR` to `<-D dir>/<name>.port` and sleeps (or exits at once
-/// with `exit_now`).
-fn fake_child(dir: &Path, name: &str, exit_now: bool) -> PathBuf {
-    let path = dir.join(name);
-    let body = if exit_now {
-        "echo 'stub: not implemented' >&2; exit 0".to_string()
-    } else {
-        format!(
-            "printf '%s\\n' \"$FAKE_ADDR\" > \"$D/{name}.port.tmp\" && mv \"$D/{name}.port.tmp\" \"$D/{name}.port\"\n\
-             exec sleep 30"
-        )
-    };
-    let script = format!(
-        "#!/bin/sh\necho $$ > \"$FAKE_RECORD.{name}.pid\"\necho \"$@\" > \"$FAKE_RECORD.{name}.args\"\n\
-         while [ $# -gt 0 ]; do if [ \"$1\" = -D ]; then D=\"$2\"; fi; shift; done\n{body}\n"
-    );
+/// A stand-in for a proxy binary that cannot serve: records its arguments
+/// and exits at once with a message.
+fn stub_proxy(dir: &Path, record: &Path) -> PathBuf {
+    let path = dir.join("gtm_proxy");
+    let script =
+        format!("#!/bin/sh\necho \"$@\" > \"{}\"\necho 'stub: not implemented' >&2\nexit 0\n", record.display());
     std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
 
-fn gone(pid_file: &Path) -> bool {
-    let pid = std::fs::read_to_string(pid_file).unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
-    stat.is_empty() || stat.contains(") Z ")
+#[test]
+fn a_stub_proxy_is_reported_as_a_failed_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("args");
+    let proxy = stub_proxy(tmp.path(), &record);
+    let args = ["--spawn-sim", "--via-proxy", "--proxy-bin", proxy.to_str().unwrap()];
+    let (out, j) = bench(&args, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    let fatal = j["fatal"].as_str().unwrap();
+    assert!(fatal.contains("gtm_proxy exited") && fatal.contains("stub: not implemented"), "{fatal}");
+    // Only XL's flags: a port chosen by the bench, never our `-p 0` extension.
+    let args = std::fs::read_to_string(&record).unwrap();
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let port = words.iter().position(|w| *w == "-p").map(|i| words[i + 1]).unwrap();
+    assert!(port.parse::<u16>().unwrap() > 0, "{args}");
+    assert!(words.starts_with(&["-D"]) && words.contains(&"-s") && words.contains(&"-t"), "{args}");
+}
+
+/// The README's first command on a fresh clone: `cargo run --bin gtm_bench`
+/// builds only gtm_bench, so there is no gtm_sim or gtm_proxy beside it. A
+/// copy of the binary alone in a directory must still run the whole demo.
+#[test]
+fn spawn_sim_via_proxy_works_without_sibling_binaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lone = tmp.path().join("gtm_bench");
+    std::fs::copy(exe(), &lone).unwrap();
+    let args = ["--spawn-sim", "--via-proxy", "-c", "20", "-T", "1s", "--warmup", "0s"];
+    let (out, j) = bench_exe(&lone, &args, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    assert_eq!(j["target"]["label"], "gtm_proxy");
+    assert_eq!(j["target"]["spawned"], serde_json::json!(["gtm_sim", "gtm_proxy"]));
+    assert!(n(&j["txns"]) > 0, "{j:#}");
+    let names: Vec<&str> = j["cpu"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["gtm_bench", "gtm_sim", "gtm_proxy"], "{j:#}");
+}
+
+/// A gtm_sim started by the test itself, on a free port.
+fn start_sim(dir: &Path) -> (Guard, SocketAddr) {
+    let p = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], p));
+    let child = Command::new(env!("CARGO_BIN_EXE_gtm_sim"))
+        .args(["-h", "127.0.0.1", "-p", &p.to_string(), "-D", dir.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "gtm_sim did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (guard, addr)
 }
 
 #[test]
-fn spawned_sim_and_proxy_are_targeted_and_killed() {
-    let gtm = FakeGtm::start(Fault::None);
+fn any_target_with_a_watched_pid() {
     let tmp = tempfile::tempdir().unwrap();
-    let sim = fake_child(tmp.path(), "gtm_sim", false);
-    let proxy = fake_child(tmp.path(), "gtm_proxy", false);
-    let record = tmp.path().join("rec");
-    let envs = [("FAKE_ADDR", gtm.addr.to_string()), ("FAKE_RECORD", record.display().to_string())];
+    let (sim, addr) = start_sim(tmp.path());
+    let t = format!("--target=mygtm={addr}");
+    let w = format!("--watch-pid=mygtm={}", sim.0.id());
+    let (out, j) = bench(&[&t, &w, "-c", "20", "-T", "1s", "--warmup", "0s"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    assert_eq!(j["target"]["label"], "mygtm");
+    assert_eq!(j["target"]["addr"], addr.to_string());
+    assert_eq!(j["target"]["spawned"], serde_json::json!([]));
+    let cpu = j["cpu"].as_array().unwrap();
+    let mine = cpu.iter().find(|c| c["name"] == "mygtm").unwrap_or_else(|| panic!("{j:#}"));
+    assert_eq!(mine["pid"], sim.0.id());
+    assert!(mine["cpu_s"].as_f64().is_some());
+}
+
+#[test]
+fn compare_runs_each_target_interleaved_with_medians_and_ratios() {
+    let args = ["--spawn-sim", "--direct", "--via-proxy", "--repeat", "2", "-c", "20", "-T", "500ms", "--warmup", "0s"];
+    let (out, j) = bench(&args, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    assert_eq!(j["mode"], "compare");
+    assert_eq!(j["repeats"], 2);
+    let t = j["targets"].as_array().unwrap();
+    let labels: Vec<&str> = t.iter().map(|t| t["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["direct", "gtm_proxy"]);
+    assert_eq!(t[0]["ratio"], 1.0);
+    for x in t {
+        let runs = x["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        let mut tps: Vec<f64> = runs.iter().map(|r| r["txn_per_s"].as_f64().unwrap()).collect();
+        tps.sort_by(|a, b| a.total_cmp(b));
+        let m = x["median"]["txn_per_s"].as_f64().unwrap();
+        assert!(tps[0] * 0.99 <= m && m <= tps[1] * 1.01, "median within the runs: {x:#}");
+        assert!(runs.iter().all(|r| r["ok"] == true && r["target"]["label"] == x["label"]));
+    }
+    let ratio = t[1]["ratio"].as_f64().unwrap();
+    let want = t[1]["median"]["txn_per_s"].as_f64().unwrap() / t[0]["median"]["txn_per_s"].as_f64().unwrap();
+    assert!((ratio - want).abs() < 0.01, "{ratio} vs {want}");
+
+    // The same comparison as a table.
+    let out = run_limited(exe(), &args, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("ratio") && text.contains("txn p99"), "{text}");
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            l.starts_with("direct") || l.starts_with("gtm_proxy")
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(rows[0].contains("1.00"), "{text}");
+}
+
+/// A failover through the proxy: at 1 s the scenario kills the simulator,
+/// starts a "standby" on the same port continuing from a higher GXID and
+/// orders the proxy to it, as `gtm_ctl reconnect` would.
+#[test]
+fn scenario_failover_reports_a_timeline_and_writes_a_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let svg = tmp.path().join("failover.svg");
+    let pidfile = tmp.path().join("standby.pid");
+    let cmd = format!(
+        "1s=kill -9 $GTM_BENCH_SIM_PID; D=$GTM_BENCH_SIM_DIR/standby; \
+         $GTM_BENCH_SIM_BIN -h 127.0.0.1 -p $GTM_BENCH_SIM_PORT -D $D -x 100000000 >/dev/null 2>&1 & \
+         echo $! > {p}; while [ ! -s $D/gtm_sim.port ]; do sleep 0.05; done; \
+         $GTM_BENCH_PROXY_BIN reconnect -D $GTM_BENCH_PROXY_DIR -s 127.0.0.1 -t $GTM_BENCH_SIM_PORT",
+        p = pidfile.display()
+    );
+    let at = format!("--at={cmd}");
+    let plot = format!("--plot={}", svg.display());
     let args = [
         "--spawn-sim",
         "--via-proxy",
-        "--sim-bin",
-        sim.to_str().unwrap(),
-        "--proxy-bin",
-        proxy.to_str().unwrap(),
-        "--proxy-arg=-n",
-        "--proxy-arg=2",
-        "--backends",
-        "10",
-        "--duration",
-        "1",
+        "-c",
+        "20",
+        // A generous window: the command (kill, start a simulator, wait
+        // for it, order the reconnect) and the recovery after it must both
+        // fit, also on a machine whose cores are saturated by other work.
+        "-T",
+        "15s",
         "--warmup",
-        "0",
+        "0s",
+        "--max-reconnects",
+        "100000",
+        &at,
+        &plot,
     ];
-    let (out, j) = bench(&args, &envs, Duration::from_secs(15));
-    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
-    assert_eq!(j["via"], "proxy");
-    assert_eq!(j["spawned"]["sim"], true);
-    assert_eq!(j["target"], gtm.addr.to_string());
-    assert!(j["cpu"]["proxy"]["cpu_us"].is_u64(), "{j:#}");
-    assert!(j["cpu"]["bench"]["us_per_request"].as_f64().unwrap() > 0.0);
-
-    let rec = |s: &str| std::fs::read_to_string(format!("{}.{s}", record.display())).unwrap();
-    let sim_args = rec("gtm_sim.args");
-    assert!(sim_args.starts_with("-h 127.0.0.1 -p 0 -D /"), "{sim_args}");
-    let proxy_args = rec("gtm_proxy.args");
-    let want = format!("-h 127.0.0.1 -p 0 -s {} -t {} -i bench_proxy -n 2", gtm.addr.ip(), gtm.addr.port());
-    assert!(proxy_args.starts_with("-D /") && proxy_args.trim_end().ends_with(&want), "{proxy_args}");
-    assert!(gone(&PathBuf::from(format!("{}.gtm_sim.pid", record.display()))), "gtm_sim killed");
-    assert!(gone(&PathBuf::from(format!("{}.gtm_proxy.pid", record.display()))), "gtm_proxy killed");
-}
-
-#[test]
-fn a_stub_proxy_is_reported_as_a_failed_run() {
-    let gtm = FakeGtm::start(Fault::None);
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = fake_child(tmp.path(), "gtm_sim", false);
-    let proxy = fake_child(tmp.path(), "gtm_proxy", true);
-    let record = tmp.path().join("rec");
-    let envs = [("FAKE_ADDR", gtm.addr.to_string()), ("FAKE_RECORD", record.display().to_string())];
-    let args = ["--spawn-sim", "--via-proxy", "--sim-bin", sim.to_str().unwrap(), "--proxy-bin"];
-    let mut args = args.to_vec();
-    args.push(proxy.to_str().unwrap());
-    let (out, j) = bench(&args, &envs, Duration::from_secs(15));
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(j["ok"], false);
-    let fatal = j["fatal"].as_str().unwrap();
-    assert!(fatal.contains("gtm_proxy exited") && fatal.contains("stub: not implemented"), "{fatal}");
-    assert!(gone(&PathBuf::from(format!("{}.gtm_sim.pid", record.display()))), "gtm_sim killed on error");
+    let (out, j) = bench(&args, Duration::from_secs(90));
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{j:#}\n{}", stderr(&out));
+    let tl = &j["timeline"];
+    assert_eq!(tl["bucket_ms"], 100);
+    assert_eq!(tl["buckets"].as_array().unwrap().len(), 150);
+    let ev = &tl["event"];
+    assert_eq!(ev["at_s"], 1.0);
+    assert_eq!(ev["exit"], "exit status: 0", "{ev:#}");
+    let stall = &tl["longest_stall"];
+    assert!(stall.is_null() || stall["to_s"].as_f64() > stall["from_s"].as_f64(), "{stall}");
+    // Commits came back on the standby once the command had done its work.
+    let done = ev["at_s"].as_f64().unwrap() + ev["ran_s"].as_f64().unwrap();
+    let ok_after: u64 = tl["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["t_s"].as_f64().unwrap() > done)
+        .map(|b| n(&b["ok"]))
+        .sum();
+    assert!(ok_after > 0, "{tl:#}");
+    if ev["first_error_s"].is_number() {
+        assert!(ev["first_success_after_s"].as_f64().unwrap() > ev["first_error_s"].as_f64().unwrap());
+    }
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("latency CDF") && text.contains("p99"), "{}", &text[..200]);
+    // The standby the scenario left running was stopped with its process group.
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z "), "standby gone: {stat}");
 }
 
 /// Raise this process's open-file limit to `want` if the hard limit allows.
@@ -510,23 +670,62 @@ fn raise_nofile(want: u64) -> bool {
     }
 }
 
-/// The bench must hold 10,000 connections at once (the fake GTM's side of
-/// them lives in this test process, one thread each).
+/// The bench must hold 10,000 connections at once, connecting them on a
+/// ramp with progress lines (the fake GTM's side lives in this test process,
+/// one thread each). A machine that cannot give 10,300 descriptors fails
+/// this test, as it fails tests/proxy_scale.rs: the promise is not checked there.
 #[test]
-fn ten_thousand_connections() {
-    if !raise_nofile(10_300) {
-        eprintln!("skipped: the open-file hard limit is below 10,300");
-        return;
-    }
+fn ten_thousand_connections_on_a_ramp() {
+    assert!(raise_nofile(10_300), "the open-file hard limit is below 10,300: raise it (ulimit -Hn) to run this test");
     let gtm = FakeGtm::start(Fault::None);
-    let p = port(gtm.addr);
+    let t = target(gtm.addr);
     // A long think time keeps the thread-per-connection fake from being the bottleneck.
-    let args = ["--port", &p, "--backends", "10000", "--duration", "1", "--warmup", "0", "--think-us", "1000000"];
-    let (out, j) = bench(&args, &[], Duration::from_secs(60));
+    let args = [&t[..], "-c", "10000", "-T", "1s", "--warmup", "0s", "--think", "1s", "--ramp", "1s", "-P", "250ms"];
+    let (out, j) = bench(&args, Duration::from_secs(120));
     assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
-    eprintln!("{}connect_s {}", stderr(&out), j["connect_s"]);
     assert_eq!(j["connections"]["established"], 10000);
+    assert_eq!(j["load"]["ramp_s"], 1.0);
     assert_eq!(j["errors"]["total"], 0);
-    assert!(j["txns"].as_u64().unwrap() > 0);
+    assert!(n(&j["txns"]) > 0);
+    let err = stderr(&out);
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("progress:")).collect();
+    assert!(progress.iter().all(|l| l.ends_with("/10000 connected")), "{err}");
+    assert!(progress.last().is_some_and(|l| l.ends_with(" 10000/10000 connected")), "{err}");
     assert_eq!(gtm.violations(), Vec::<String>::new());
+}
+
+/// `--json FILE` writes the JSON there and still prints the summary; the
+/// `--host`/`--port`/`--think-us` of earlier versions still work.
+#[test]
+fn json_to_a_file_beside_the_text_with_the_old_target_flags() {
+    let gtm = FakeGtm::start(Fault::None);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("run.json");
+    let p = port(gtm.addr);
+    let args = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &p,
+        "--think-us",
+        "1000",
+        "-c",
+        "5",
+        "-T",
+        "300ms",
+        "--warmup",
+        "0",
+        "--json",
+    ];
+    let mut args = args.to_vec();
+    let f = file.display().to_string();
+    args.push(&f);
+    let out = run_limited(exe(), &args, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("result: OK"), "{}", stdout(&out));
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(j["mode"], "run");
+    assert_eq!(j["target"]["addr"], gtm.addr.to_string());
+    assert!(n(&j["txns"]) > 0);
+    assert_eq!(j["load"]["think_us"], 1000);
 }

@@ -14,35 +14,36 @@
 //! Connects are started in waves: at most `connect_concurrency` slots of a
 //! loop are between `connect()` and `R`, so a listen backlog is never
 //! flooded. Timeouts (connect, request) are checked by a sweep every
-//! `SWEEP` (100 ms); think time and reconnect backoff use a timer heap with lazy
-//! cancellation (a per-slot generation number).
+//! `SWEEP` (100 ms); think time and reconnect backoff use the crate's
+//! [`Timers`], one pending timer per slot. With a ramp, a slot's first
+//! connect also waits for its turn in the schedule.
 //!
 //! The measurement window is shared by all loop threads ([`Shared`]): it
 //! opens `warmup` after the last thread finished its initial connects and
 //! lasts `duration`. Only answers that arrive inside it are counted.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
-use std::io::{self, Read, Write};
+use std::collections::VecDeque;
+use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::backend::{Backend, BackendError, ErrorKind, Op, Outcome};
+use super::shared::{LiveCounters, Shared, Window};
 use super::stats::Stats;
+use super::timeline::Timeline;
 use crate::codec::frame::DEFAULT_MAX_FRAME;
+use crate::netio::{self, ReadOutcome};
+use crate::timers::{TimerId, Timers};
 
 /// Period of the timeout sweep (and the longest poll timeout).
 const SWEEP: Duration = Duration::from_millis(100);
-/// Margin between the window being decided and it opening, so every loop
-/// thread knows the window before its first countable answer.
-const WINDOW_SYNC: Duration = Duration::from_millis(10);
 /// Poll timeout while a thread waits to learn the window.
 const WINDOW_POLL: Duration = Duration::from_millis(1);
 /// First reconnect delay; doubles per attempt up to [`BACKOFF_MAX`].
@@ -74,111 +75,13 @@ pub struct LoopConfig {
     pub pid: u32,
     pub session_ids: bool,
     pub threads: usize,
-}
-
-/// The measurement window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub start: Instant,
-    pub end: Instant,
-}
-
-impl Window {
-    fn contains(&self, t: Instant) -> bool {
-        t >= self.start && t < self.end
-    }
-}
-
-/// State shared by the loop threads and the coordinating thread.
-#[derive(Debug)]
-pub struct Shared {
-    stop: AtomicBool,
-    stop_reason: Mutex<Option<String>>,
-    stopped_at: OnceLock<Instant>,
-    errors: AtomicU64,
-    max_errors: u64,
-    ramping: AtomicUsize,
-    ramp_done_at: OnceLock<Instant>,
-    window: OnceLock<Window>,
-    warmup: Duration,
-    duration: Duration,
-    /// Set by SIGINT/SIGTERM.
-    interrupted: Arc<AtomicBool>,
-}
-
-impl Shared {
-    pub fn new(
-        threads: usize,
-        warmup: Duration,
-        duration: Duration,
-        max_errors: u64,
-        interrupted: Arc<AtomicBool>,
-    ) -> Self {
-        Shared {
-            stop: AtomicBool::new(false),
-            stop_reason: Mutex::new(None),
-            stopped_at: OnceLock::new(),
-            errors: AtomicU64::new(0),
-            max_errors,
-            ramping: AtomicUsize::new(threads),
-            ramp_done_at: OnceLock::new(),
-            window: OnceLock::new(),
-            warmup,
-            duration,
-            interrupted,
-        }
-    }
-
-    /// End the run early (first reason wins).
-    pub fn request_stop(&self, reason: &str) {
-        if !self.stop.swap(true, Ordering::SeqCst) {
-            let _ = self.stopped_at.set(Instant::now());
-            if let Ok(mut r) = self.stop_reason.lock() {
-                *r = Some(reason.to_owned());
-            }
-        }
-    }
-
-    pub fn should_stop(&self) -> bool {
-        if self.interrupted.load(Ordering::Relaxed) {
-            self.request_stop("interrupted");
-        }
-        self.stop.load(Ordering::Relaxed)
-    }
-
-    pub fn stop_reason(&self) -> Option<String> {
-        self.stop_reason.lock().ok().and_then(|r| r.clone())
-    }
-
-    pub fn stopped_at(&self) -> Option<Instant> {
-        self.stopped_at.get().copied()
-    }
-
-    pub fn window(&self) -> Option<Window> {
-        self.window.get().copied()
-    }
-
-    /// When the last loop thread finished its initial connects.
-    pub fn ramp_done_at(&self) -> Option<Instant> {
-        self.ramp_done_at.get().copied()
-    }
-
-    /// A loop thread finished its initial connects; the last one opens the window.
-    fn ramp_done(&self) {
-        if self.ramping.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let now = Instant::now();
-            let _ = self.ramp_done_at.set(now);
-            let start = now + WINDOW_SYNC + self.warmup;
-            let _ = self.window.set(Window { start, end: start + self.duration });
-        }
-    }
-
-    fn count_error(&self) {
-        let n = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.max_errors > 0 && n >= self.max_errors {
-            self.request_stop(&format!("error limit reached ({n} errors)"));
-        }
-    }
+    /// Initial connects are spread evenly over this long (zero: as fast as
+    /// `connect_concurrency` allows).
+    pub ramp: Duration,
+    /// Backends over all threads (for the ramp schedule).
+    pub backends: usize,
+    /// Keep a per-100 ms [`Timeline`] of the window.
+    pub timeline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,8 +115,8 @@ struct Slot {
     /// Counts against the connects-in-flight bound.
     in_wave: bool,
     connect_started: Instant,
-    /// Bumped to cancel the pending timer.
-    timer_gen: u64,
+    /// The pending think or backoff timer.
+    timer: Option<TimerId>,
 }
 
 impl Slot {
@@ -254,7 +157,8 @@ pub struct Worker {
     slots: Vec<Slot>,
     queue: VecDeque<usize>,
     in_flight: usize,
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Think-time and reconnect-backoff timers, by slot.
+    timers: Timers<usize>,
     /// Slots not yet Closed or Stopped.
     live: usize,
     ramp_left: usize,
@@ -288,7 +192,7 @@ impl Worker {
                 initial: true,
                 in_wave: false,
                 connect_started: now,
-                timer_gen: 0,
+                timer: None,
             })
             .collect();
         let n = slots.len();
@@ -297,7 +201,7 @@ impl Worker {
             conns: Slab::with_capacity(n),
             queue: (0..n).collect(),
             in_flight: 0,
-            timers: BinaryHeap::new(),
+            timers: Timers::new(),
             live: n,
             ramp_left: n,
             window: None,
@@ -351,10 +255,10 @@ impl Worker {
         Ok(self.stats)
     }
 
-    fn poll_timeout(&self, now: Instant) -> Duration {
+    fn poll_timeout(&mut self, now: Instant) -> Duration {
         let mut until = self.next_sweep;
-        if let Some(Reverse((t, _, _))) = self.timers.peek() {
-            until = until.min(*t);
+        if let Some(t) = self.timers.next_timeout(now) {
+            until = until.min(now + t);
         }
         if let Some(w) = self.window {
             if !self.stopping && now < w.end {
@@ -363,6 +267,9 @@ impl Worker {
         }
         if let Some(d) = self.drain_deadline {
             until = until.min(d);
+        }
+        if let Some(due) = self.queue.front().and_then(|&i| self.ramp_due(i)) {
+            until = until.min(due.max(now));
         }
         let mut timeout = until.saturating_duration_since(now);
         if self.window.is_none() && self.ramp_left == 0 {
@@ -374,6 +281,9 @@ impl Worker {
     fn check_phase(&mut self, now: Instant) {
         if self.window.is_none() {
             self.window = self.shared.window();
+            if let Some(w) = self.window.filter(|_| self.cfg.timeline) {
+                self.stats.timeline = Timeline::new(w.start, w.end - w.start);
+            }
         }
         if !self.stopping && (self.shared.should_stop() || self.window.is_some_and(|w| now >= w.end)) {
             self.enter_stopping(now);
@@ -382,9 +292,23 @@ impl Worker {
 
     fn start_connects(&mut self, now: Instant) {
         while !self.stopping && self.in_flight < self.cfg.connect_concurrency.max(1) {
-            let Some(i) = self.queue.pop_front() else { break };
+            let Some(&i) = self.queue.front() else { break };
+            if self.ramp_due(i).is_some_and(|due| due > now) {
+                break;
+            }
+            self.queue.pop_front();
             self.connect(i, now);
         }
+    }
+
+    /// When slot `i`'s first connect is due under `--ramp` (None: no schedule).
+    fn ramp_due(&self, i: usize) -> Option<Instant> {
+        let slot = &self.slots[i];
+        if self.cfg.ramp.is_zero() || !slot.initial {
+            return None;
+        }
+        let frac = slot.id as f64 / self.cfg.backends.max(1) as f64;
+        Some(self.shared.started + self.cfg.ramp.mul_f64(frac))
     }
 
     fn connect(&mut self, i: usize, now: Instant) {
@@ -443,35 +367,20 @@ impl Worker {
         let i = conn.slot;
         let slot = &mut self.slots[i];
         let op = slot.backend.outstanding().map_or(Op::Begin, |o| o.0);
-        let mut eof = false;
-        loop {
-            match conn.sock.read(&mut self.scratch) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    conn.rbuf.extend_from_slice(&self.scratch[..n]);
-                    // A short read drained the socket: skip the read that would
-                    // only say WouldBlock (edge-triggered epoll reports any
-                    // later data as a new event), unless the peer also hung up
-                    // and the end of stream is still to be read. A peer that
-                    // floods us is cut off at MAX_BUFFERED; what it sent is
-                    // malformed or unsolicited anyway, since only one answer
-                    // is ever due.
-                    if (n < self.scratch.len() && !closing) || conn.rbuf.len() > MAX_BUFFERED {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_error(op, "read", e)),
-            }
-        }
+        // A short read drained the socket (edge-triggered epoll reports any
+        // later data as a new event), unless the peer also hung up and the end
+        // of stream is still to be read. A peer that floods us is cut off at
+        // MAX_BUFFERED: only one answer is ever due.
+        let eof = match netio::read_into(&mut conn.sock, &mut conn.rbuf, &mut self.scratch, MAX_BUFFERED, !closing) {
+            Ok(ReadOutcome::Eof) => true,
+            Ok(ReadOutcome::Drained | ReadOutcome::Full) => false,
+            Err(e) => return Err(io_error(op, "read", e)),
+        };
         let now = Instant::now();
         let mut next = Next::Nothing;
         while let Some(outcome) = slot.backend.poll(&mut conn.rbuf, now, &mut conn.wbuf)? {
             next = record(&mut self.stats, self.window, outcome, now);
+            count_live(&self.shared.live, outcome);
             if let Outcome::Ready { .. } = outcome {
                 slot.phase = Phase::Active;
                 self.stats.conns.established += 1;
@@ -522,21 +431,20 @@ impl Worker {
     }
 
     fn set_timer(&mut self, i: usize, at: Instant) {
-        let slot = &mut self.slots[i];
-        slot.timer_gen += 1;
-        self.timers.push(Reverse((at, i, slot.timer_gen)));
+        self.cancel_timer(i);
+        self.slots[i].timer = Some(self.timers.arm(at, i));
+    }
+
+    fn cancel_timer(&mut self, i: usize) {
+        if let Some(t) = self.slots[i].timer.take() {
+            self.timers.cancel(t);
+        }
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(&Reverse((at, i, gen))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        for i in self.timers.expired(now) {
             let slot = &mut self.slots[i];
-            if slot.timer_gen != gen {
-                continue;
-            }
+            slot.timer = None;
             match slot.phase {
                 Phase::Backoff => {
                     slot.phase = Phase::Queued;
@@ -607,7 +515,7 @@ impl Worker {
             self.live -= 1;
         }
         slot.phase = phase;
-        slot.timer_gen += 1;
+        self.cancel_timer(i);
     }
 
     /// Close the socket (sending `X` first if `graceful`) and settle the
@@ -633,6 +541,7 @@ impl Worker {
     /// Count an error, drop the connection and reconnect (bounded) or give up.
     fn fail(&mut self, i: usize, kind: ErrorKind, op: Op, detail: String) {
         self.stats.errors.add(kind, op);
+        self.stats.timeline.error(Instant::now());
         self.shared.count_error();
         let slot = &self.slots[i];
         if self.warned < WARN_ERRORS {
@@ -676,18 +585,43 @@ fn record(stats: &mut Stats, window: Option<Window>, outcome: Outcome, now: Inst
     let counted = window.is_some_and(|w| w.contains(now));
     match outcome {
         Outcome::Ready { .. } => return Next::Idle,
-        Outcome::Began { latency, .. } if counted => stats.begin.record(latency),
-        Outcome::Snapshot { latency, .. } if counted => stats.snapshot.record(latency),
+        Outcome::Began { latency, .. } if counted => {
+            stats.begin.record(latency);
+            stats.timeline.answered(now, latency);
+        }
+        Outcome::Snapshot { latency, .. } if counted => {
+            stats.snapshot.record(latency);
+            stats.timeline.answered(now, latency);
+        }
         Outcome::Committed { latency, txn, .. } => {
             if counted {
                 stats.commit.record(latency);
                 stats.txn.record(txn);
+                stats.timeline.answered(now, latency);
+                stats.timeline.committed(now);
             }
             return Next::Idle;
         }
         _ => {}
     }
     Next::Nothing
+}
+
+/// Feed the live counters behind the progress lines.
+fn count_live(live: &LiveCounters, outcome: Outcome) {
+    let latency = match outcome {
+        Outcome::Ready { .. } => {
+            live.established.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Outcome::Committed { latency, .. } => {
+            live.committed.fetch_add(1, Ordering::Relaxed);
+            latency
+        }
+        Outcome::Began { latency, .. } | Outcome::Snapshot { latency, .. } => latency,
+    };
+    live.answered.fetch_add(1, Ordering::Relaxed);
+    live.latency_ns.fetch_add(latency.as_nanos() as u64, Ordering::Relaxed);
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -707,14 +641,8 @@ fn connect_status(sock: &TcpStream) -> io::Result<bool> {
 }
 
 fn flush(conn: &mut Conn) -> io::Result<()> {
-    while !conn.wbuf.is_empty() && conn.connected {
-        match conn.sock.write(&conn.wbuf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => conn.wbuf.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
+    if conn.connected {
+        netio::write_from(&mut conn.sock, &mut conn.wbuf)?;
     }
     Ok(())
 }
@@ -755,26 +683,5 @@ mod tests {
         assert_eq!(record(&mut s, Some(w), b, t0 + Duration::from_millis(1999)), Next::Nothing);
         record(&mut s, Some(w), b, t0 + Duration::from_secs(2));
         assert_eq!((s.txns(), s.ops()), (1, 2));
-    }
-
-    #[test]
-    fn shared_window_opens_when_the_last_thread_ramps() {
-        let s = Shared::new(2, Duration::from_secs(1), Duration::from_secs(3), 0, Arc::default());
-        s.ramp_done();
-        assert!(s.window().is_none());
-        s.ramp_done();
-        let w = s.window().unwrap();
-        assert_eq!(w.end - w.start, Duration::from_secs(3));
-        assert!(w.start >= s.ramp_done_at().unwrap() + Duration::from_secs(1));
-    }
-
-    #[test]
-    fn error_limit_stops_the_run() {
-        let s = Shared::new(1, Duration::ZERO, Duration::ZERO, 2, Arc::default());
-        s.count_error();
-        assert!(!s.should_stop());
-        s.count_error();
-        assert!(s.should_stop());
-        assert!(s.stop_reason().unwrap().contains("error limit"));
     }
 }

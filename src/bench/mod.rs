@@ -4,53 +4,75 @@
 //! * [`backend`]: one backend as a pure state machine (startup, then
 //!   begin → snapshot → commit, each answer validated strictly);
 //! * [`driver`]: the mio event loop(s) holding thousands of connections;
-//! * [`stats`]: latency histograms, error counts, the GXID uniqueness check;
-//! * [`spawn`]: starting `gtm_sim` / `gtm_proxy` for the one-command demo;
-//! * [`report`]: the JSON summary and the one-line human summary.
+//! * [`stats`], [`timeline`]: latency histograms, error counts, the GXID
+//!   uniqueness check, and the per-100 ms view of a run;
+//! * [`spawn`], [`embedded`]: starting a simulator or any proxy binary;
+//! * [`run`]: one timed run against one target (progress, CPU, scenario event);
+//! * [`scenario`]: the command run at a given second;
+//! * [`report`], [`human`], [`plot`]: typed results, the text people read, SVG plots.
 //!
-//! [`run`] ties them together.
+//! [`run_all`] ties them together: start what was asked for, then one run,
+//! or interleaved repeats against several targets (compare mode).
 
 pub mod backend;
+pub mod cpu;
 pub mod driver;
+pub mod embedded;
+pub mod human;
+pub mod plot;
 pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod shared;
 pub mod spawn;
 pub mod stats;
-pub mod sys;
+pub mod timeline;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use thiserror::Error;
 
-use driver::{LoopConfig, Shared, Worker};
-use report::{CpuReport, CpuUse, Report};
-use spawn::{SpawnError, Spawned, TempDir};
-use stats::Stats;
+use embedded::Role;
+use report::{CompareReport, CompareTarget, Output};
+use scenario::Event;
+use spawn::{DataDir, Process, Program, SpawnError};
 
 /// Everything a run needs. `Default` gives the CLI defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub host: String,
-    pub port: u16,
-    /// Start `gtm_sim` and target it (host/port ignored).
+    /// Explicit targets: (label, HOST:PORT).
+    pub targets: Vec<(String, String)>,
+    /// Start a simulator (the GTM for proxies we start, and the "direct" target).
     pub spawn_sim: bool,
-    /// Start `gtm_proxy` in front of the GTM (spawned or host/port) and target the proxy.
+    /// An existing GTM, for proxies we start and for `direct`.
+    pub gtm: Option<String>,
+    /// Start a proxy in front of the GTM and target it.
     pub via_proxy: bool,
-    /// Override the binaries (default: siblings of the running executable).
+    /// Also measure straight to the GTM (the baseline of a comparison).
+    pub direct: bool,
     pub sim_bin: Option<PathBuf>,
     pub proxy_bin: Option<PathBuf>,
-    /// Extra arguments for the spawned children.
+    /// The proxy's data directory (default: a fresh temporary one).
+    pub proxy_dir: Option<PathBuf>,
     pub sim_args: Vec<String>,
     pub proxy_args: Vec<String>,
+    /// Other processes whose CPU to report: (name, pid).
+    pub watch: Vec<(String, u32)>,
+    /// Runs per target in compare mode.
+    pub repeat: usize,
+    pub progress: Option<Duration>,
+    pub event: Option<Event>,
+    pub plot: Option<PathBuf>,
     pub backends: usize,
     pub threads: usize,
     pub duration: Duration,
     pub warmup: Duration,
     pub think: Duration,
+    pub ramp: Duration,
     /// Every backend uses this node name; default alternates `cn1` / `dn1`.
     pub node_name: Option<String>,
     pub session_ids: bool,
@@ -67,19 +89,27 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            host: "127.0.0.1".into(),
-            port: 6666,
+            targets: Vec::new(),
             spawn_sim: false,
+            gtm: None,
             via_proxy: false,
+            direct: false,
             sim_bin: None,
             proxy_bin: None,
+            proxy_dir: None,
             sim_args: Vec::new(),
             proxy_args: Vec::new(),
+            watch: Vec::new(),
+            repeat: 3,
+            progress: None,
+            event: None,
+            plot: None,
             backends: 100,
             threads: 1,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
             think: Duration::ZERO,
+            ramp: Duration::ZERO,
             node_name: None,
             session_ids: true,
             max_errors: 1000,
@@ -93,15 +123,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The target as given on the command line (before any spawning).
-    pub fn target_label(&self) -> String {
-        if self.spawn_sim {
-            "spawned gtm_sim".into()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
     /// Node name of backend `i`.
     pub fn node_name_of(&self, i: usize) -> String {
         match &self.node_name {
@@ -112,14 +133,29 @@ impl Config {
     }
 }
 
+/// `30s`, `2m`, `500ms`, `1.5s`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("not a duration: {s:?} (try 30s, 2m, 500ms)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => v,
+        "ms" => v / 1000.0,
+        "us" | "µs" => v / 1_000_000.0,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        u => return Err(format!("unknown unit {u:?} in {s:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("not a duration: {s:?}"))
+}
+
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error("invalid option: {0}")]
     Usage(String),
-    #[error("cannot resolve {host}:{port}: {detail}")]
-    Resolve { host: String, port: u16, detail: String },
-    #[error("cannot locate {name}: {source}")]
-    Locate { name: &'static str, source: std::io::Error },
+    #[error("cannot resolve {addr}: {detail}")]
+    Resolve { addr: String, detail: String },
     #[error(transparent)]
     Spawn(#[from] SpawnError),
     #[error("cannot start loop thread: {0}")]
@@ -128,14 +164,34 @@ pub enum BenchError {
     Loop { thread: usize, detail: String },
     #[error("no connection could be established to {target} ({failed} attempts failed)")]
     NoConnection { target: String, failed: u64 },
+    #[error("cannot run the scenario command: {0}")]
+    Scenario(std::io::Error),
+    #[error("{0}")]
+    Plot(String),
 }
 
-/// Children of a run; the proxy is declared after the sim so it is dropped
-/// (killed) first.
+pub(crate) fn resolve(host: &str, port: u16) -> Result<SocketAddr, BenchError> {
+    resolve_addr(&format!("{host}:{port}"))
+}
+
+/// `HOST:PORT` → address.
+pub fn resolve_addr(addr: &str) -> Result<SocketAddr, BenchError> {
+    let err = |detail: String| BenchError::Resolve { addr: addr.to_owned(), detail };
+    addr.to_socket_addrs().map_err(|e| err(e.to_string()))?.next().ok_or_else(|| err("no address".into()))
+}
+
+/// One thing under load, with the processes whose CPU matters for it.
+#[derive(Debug, Clone)]
+pub struct TargetInfo {
+    pub label: String,
+    pub addr: SocketAddr,
+}
+
+/// What the bench started; dropped (killed) proxy first, then the simulator.
 #[derive(Default)]
-struct Children {
-    sim: Option<Spawned>,
-    proxy: Option<Spawned>,
+pub struct Children {
+    pub proxy: Option<Process>,
+    pub sim: Option<Process>,
 }
 
 impl Drop for Children {
@@ -145,218 +201,153 @@ impl Drop for Children {
     }
 }
 
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, BenchError> {
-    let err = |detail: String| BenchError::Resolve { host: host.to_owned(), port, detail };
-    let mut addrs = (host, port).to_socket_addrs().map_err(|e| err(e.to_string()))?;
-    addrs.next().ok_or_else(|| err("no address".into()))
-}
-
-fn binary(over: &Option<PathBuf>, name: &'static str) -> Result<PathBuf, BenchError> {
-    match over {
-        Some(p) => Ok(p.clone()),
-        None => spawn::sibling_binary(name).map_err(|source| BenchError::Locate { name, source }),
-    }
-}
-
-fn start_children(cfg: &Config, interrupted: &AtomicBool) -> Result<(Children, SocketAddr), BenchError> {
+fn start_children(cfg: &Config, interrupted: &AtomicBool) -> Result<(Children, Option<SocketAddr>), BenchError> {
     let mut ch = Children::default();
-    let mut gtm = if cfg.spawn_sim {
-        let bin = binary(&cfg.sim_bin, "gtm_sim")?;
-        let dir = TempDir::new("sim")?;
-        let mut args: Vec<String> = ["-h", "127.0.0.1", "-p", "0", "-D"].iter().map(|s| s.to_string()).collect();
-        args.push(dir.path().display().to_string());
-        args.extend(cfg.sim_args.iter().cloned());
-        let sim = Spawned::start("gtm_sim", &bin, dir, &args, interrupted)?;
-        let addr = sim.addr;
-        ch.sim = Some(sim);
-        addr
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let gtm = if cfg.spawn_sim {
+        let program = Program::locate(cfg.sim_bin.as_deref(), Role::Sim);
+        let dir = DataDir::temporary("sim")?;
+        let addr = SocketAddr::new(loopback, spawn::free_port(loopback)?);
+        let args = spawn::sim_args(addr, dir.path(), &cfg.sim_args);
+        ch.sim = Some(Process::start("gtm_sim", &program, &args, dir, addr, interrupted)?);
+        Some(addr)
     } else {
-        resolve(&cfg.host, cfg.port)?
+        cfg.gtm.as_deref().map(resolve_addr).transpose()?
     };
     if cfg.via_proxy {
-        let bin = binary(&cfg.proxy_bin, "gtm_proxy")?;
-        let dir = TempDir::new("proxy")?;
-        let mut args = vec!["-D".to_string(), dir.path().display().to_string()];
-        for a in ["-h", "127.0.0.1", "-p", "0", "-s"] {
-            args.push(a.into());
+        let Some(gtm) = gtm else {
+            return Err(BenchError::Usage("--via-proxy needs a GTM: --spawn-sim or --gtm HOST:PORT".into()));
+        };
+        let program = Program::locate(cfg.proxy_bin.as_deref(), Role::Proxy);
+        let dir = match &cfg.proxy_dir {
+            Some(d) => DataDir::existing(d)?,
+            None => DataDir::temporary("proxy")?,
+        };
+        // XL's proxy wants its configuration file to exist; the flags say the rest.
+        let conf = dir.path().join("gtm_proxy.conf");
+        if !conf.exists() {
+            let _ = std::fs::write(&conf, "# written by gtm_bench; the command-line flags set everything\n");
         }
-        args.push(gtm.ip().to_string());
-        args.push("-t".into());
-        args.push(gtm.port().to_string());
-        args.push("-i".into());
-        args.push("bench_proxy".into());
-        args.extend(cfg.proxy_args.iter().cloned());
-        let proxy = Spawned::start("gtm_proxy", &bin, dir, &args, interrupted)?;
-        gtm = proxy.addr;
-        ch.proxy = Some(proxy);
+        let addr = SocketAddr::new(loopback, spawn::free_port(loopback)?);
+        let args = spawn::proxy_args(addr, gtm, dir.path(), &cfg.proxy_args);
+        ch.proxy = Some(Process::start("gtm_proxy", &program, &args, dir, addr, interrupted)?);
     }
     Ok((ch, gtm))
 }
 
-/// One CPU reading of every process we watch.
-#[derive(Debug, Clone, Copy)]
-struct CpuSample {
-    at: Instant,
-    bench: Duration,
-    sim: Option<Duration>,
-    proxy: Option<Duration>,
+/// The targets, baseline first: the GTM itself (with `--direct`, or when
+/// nothing else is named), the proxy we started, then `--target`s in order.
+fn targets(cfg: &Config, ch: &Children, gtm: Option<SocketAddr>) -> Result<Vec<TargetInfo>, BenchError> {
+    let mut t = Vec::new();
+    let named = cfg.via_proxy || !cfg.targets.is_empty();
+    if cfg.direct || !named {
+        let addr = match gtm {
+            Some(a) => a,
+            None if cfg.direct => {
+                return Err(BenchError::Usage("--direct needs a GTM: --spawn-sim or --gtm HOST:PORT".into()))
+            }
+            None => resolve_addr("127.0.0.1:6666")?,
+        };
+        t.push(TargetInfo { label: "direct".into(), addr });
+    }
+    if let Some(p) = &ch.proxy {
+        t.push(TargetInfo { label: "gtm_proxy".into(), addr: p.addr });
+    }
+    for (label, addr) in &cfg.targets {
+        t.push(TargetInfo { label: label.clone(), addr: resolve_addr(addr)? });
+    }
+    Ok(t)
 }
 
-fn sample(ch: &Children) -> CpuSample {
-    CpuSample {
-        at: Instant::now(),
-        bench: sys::self_cpu(),
-        sim: ch.sim.as_ref().and_then(|s| sys::proc_cpu(s.pid())),
-        proxy: ch.proxy.as_ref().and_then(|s| sys::proc_cpu(s.pid())),
+/// Start what was asked for, run, and say what happened. Children are
+/// stopped before this returns, on every path.
+pub fn run_all(cfg: &Config, interrupted: Arc<AtomicBool>) -> Result<Output, BenchError> {
+    if cfg.backends == 0 || cfg.threads == 0 || cfg.repeat == 0 {
+        return Err(BenchError::Usage("--backends, --threads and --repeat must be at least 1".into()));
     }
-}
-
-fn cpu_report(a: Option<CpuSample>, b: Option<CpuSample>) -> CpuReport {
-    let (Some(a), Some(b)) = (a, b) else { return CpuReport::default() };
-    let wall = b.at.saturating_duration_since(a.at);
-    let diff = |x: Option<Duration>, y: Option<Duration>| match (x, y) {
-        (Some(x), Some(y)) => Some(CpuUse { cpu: y.saturating_sub(x), wall }),
-        _ => None,
-    };
-    CpuReport {
-        bench: Some(CpuUse { cpu: b.bench.saturating_sub(a.bench), wall }),
-        sim: diff(a.sim, b.sim),
-        proxy: diff(a.proxy, b.proxy),
-    }
-}
-
-/// Run the benchmark. `interrupted` is set by the caller's signal handler
-/// (ctrl-c ends the run early, reporting what was measured so far).
-/// Spawned children are killed before this returns, on every path.
-pub fn run(cfg: &Config, interrupted: Arc<AtomicBool>) -> Result<Report, BenchError> {
-    if cfg.backends == 0 {
-        return Err(BenchError::Usage("--backends must be at least 1".into()));
-    }
-    if cfg.threads == 0 {
-        return Err(BenchError::Usage("--threads must be at least 1".into()));
-    }
-    match sys::raise_nofile_limit() {
+    match crate::netio::raise_fd_limit() {
         Ok(n) if (n as usize) < cfg.backends + 64 => {
             log::warn!("open-file limit is {n}: not enough for {} connections", cfg.backends)
         }
         Ok(n) => log::debug!("open-file limit {n}"),
         Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
     }
-    let (mut children, addr) = start_children(cfg, &interrupted)?;
-    let threads = cfg.threads.min(cfg.backends);
-    let lcfg = Arc::new(LoopConfig {
-        addr,
-        think: cfg.think,
-        connect_timeout: cfg.connect_timeout,
-        request_timeout: cfg.request_timeout,
-        max_reconnects: cfg.max_reconnects,
-        connect_concurrency: cfg.connect_concurrency.div_ceil(threads).max(1),
-        drain: cfg.drain,
-        pid: std::process::id(),
-        session_ids: cfg.session_ids,
-        threads,
-    });
-    let shared = Arc::new(Shared::new(threads, cfg.warmup, cfg.duration, cfg.max_errors, interrupted));
-    log::info!("{} backends on {threads} loop thread(s) against {addr}", cfg.backends);
-    let started = Instant::now();
-    let mut handles: Vec<JoinHandle<std::io::Result<Stats>>> = Vec::with_capacity(threads);
-    for t in 0..threads {
-        let mine: Vec<(usize, String)> = (t..cfg.backends).step_by(threads).map(|i| (i, cfg.node_name_of(i))).collect();
-        let (lcfg, shared2) = (lcfg.clone(), shared.clone());
-        let h = std::thread::Builder::new()
-            .name(format!("gtm_bench-{t}"))
-            .spawn(move || Worker::new(t, mine, lcfg, shared2)?.run())
-            .map_err(|e| {
-                shared.request_stop("thread start failed");
-                BenchError::Thread(e)
-            });
-        match h {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                for h in handles {
-                    let _ = h.join();
-                }
-                return Err(e);
-            }
+    let (mut children, gtm) = start_children(cfg, &interrupted)?;
+    let targets = targets(cfg, &children, gtm)?;
+    if targets.len() == 1 {
+        let out = run::run_one(cfg, &targets[0], &mut children, &interrupted)?;
+        if let Some(path) = &cfg.plot {
+            plot::write_svg(path, &out.report, &out.txn).map_err(BenchError::Plot)?;
         }
+        return Ok(Output::Run(Box::new(out.report)));
+    }
+    if cfg.event.is_some() || cfg.plot.is_some() {
+        return Err(BenchError::Usage("--at and --plot take one target, not a comparison".into()));
+    }
+    let mut runs: Vec<Vec<report::RunReport>> = vec![Vec::new(); targets.len()];
+    'repeats: for r in 0..cfg.repeat {
+        for (i, t) in targets.iter().enumerate() {
+            if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+                break 'repeats;
+            }
+            log::info!("compare: repeat {}/{} against {} {}", r + 1, cfg.repeat, t.label, t.addr);
+            runs[i].push(run::run_one(cfg, t, &mut children, &interrupted)?.report);
+        }
+    }
+    let mut out = Vec::new();
+    for (t, runs) in targets.iter().zip(runs) {
+        // The target's own process: the proxy we started, or a watched process of the same label.
+        let own = if t.label == "gtm_proxy" && children.proxy.is_some() {
+            Some("gtm_proxy")
+        } else if t.label == "direct" && children.sim.is_some() {
+            Some("gtm_sim")
+        } else {
+            cfg.watch.iter().find(|(n, _)| *n == t.label).map(|(n, _)| n.as_str())
+        };
+        let median = report::medians(&runs, own);
+        out.push(CompareTarget { label: t.label.clone(), addr: t.addr.to_string(), median, ratio: None, runs });
+    }
+    let base = out.first().map(|t| t.median.txn_per_s).unwrap_or(0.0);
+    for t in &mut out {
+        t.ratio = (base > 0.0).then(|| (t.median.txn_per_s / base * 100.0).round() / 100.0);
+    }
+    let ok = out.iter().all(|t| !t.runs.is_empty() && t.runs.iter().all(|r| r.ok));
+    Ok(Output::Compare(CompareReport {
+        tool: "gtm_bench",
+        version: env!("CARGO_PKG_VERSION"),
+        schema: report::SCHEMA_VERSION,
+        ok,
+        repeats: cfg.repeat,
+        targets: out,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("-1s").is_err());
     }
 
-    // Watch the window to take CPU readings at its edges, and notice a
-    // spawned child dying mid-run.
-    let (mut first, mut last) = (None, None);
-    let mut exited = [false; 2];
-    while !handles.iter().all(|h| h.is_finished()) {
-        let now = Instant::now();
-        let mut nap = Duration::from_millis(5);
-        if let Some(w) = shared.window() {
-            if first.is_none() {
-                if now >= w.start {
-                    first = Some(sample(&children));
-                } else {
-                    nap = nap.min(w.start - now);
-                }
-            } else if last.is_none() {
-                let stopped = shared.should_stop();
-                if now >= w.end || stopped {
-                    last = Some(sample(&children));
-                } else {
-                    nap = nap.min(w.end - now);
-                }
-            }
-        }
-        for (c, seen) in [&mut children.sim, &mut children.proxy].into_iter().zip(&mut exited) {
-            if let Some(c) = c.as_mut().filter(|_| !*seen) {
-                if let Some(status) = c.exit_status() {
-                    *seen = true;
-                    log::error!("{} exited during the run ({status}); output:\n{}", c.name, c.log_tail());
-                    shared.request_stop(&format!("{} exited ({status})", c.name));
-                }
-            }
-        }
-        std::thread::sleep(nap);
+    #[test]
+    fn target_order_puts_the_baseline_first() {
+        let cfg = Config { direct: true, targets: vec![("xl".into(), "127.0.0.1:7000".into())], ..Config::default() };
+        let gtm: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        let t = targets(&cfg, &Children::default(), Some(gtm)).unwrap();
+        let labels: Vec<&str> = t.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["direct", "xl"]);
+        let none = Config { targets: vec![("a".into(), "127.0.0.1:1".into())], ..Config::default() };
+        assert_eq!(targets(&none, &Children::default(), None).unwrap().len(), 1);
+        let bad = Config { direct: true, targets: none.targets.clone(), ..Config::default() };
+        assert!(targets(&bad, &Children::default(), None).is_err());
     }
-    if first.is_some() && last.is_none() {
-        last = Some(sample(&children));
-    }
-
-    let mut stats = Stats::default();
-    let mut failure = None;
-    for (t, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(Ok(s)) => stats.merge(s),
-            Ok(Err(e)) => failure = Some(BenchError::Loop { thread: t, detail: e.to_string() }),
-            Err(_) => failure = Some(BenchError::Loop { thread: t, detail: "panicked".into() }),
-        }
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let ended = Instant::now();
-    let measured = match shared.window() {
-        Some(w) => {
-            let end = shared.stopped_at().map_or(w.end, |s| s.min(w.end)).min(ended);
-            end.saturating_duration_since(w.start)
-        }
-        None => Duration::ZERO,
-    };
-    if stats.conns.established == 0 {
-        return Err(BenchError::NoConnection { target: addr.to_string(), failed: stats.conns.failed });
-    }
-    Ok(Report {
-        target: addr.to_string(),
-        via_proxy: cfg.via_proxy,
-        spawned_sim: children.sim.is_some(),
-        spawned_proxy: children.proxy.is_some(),
-        backends: cfg.backends,
-        threads,
-        think: cfg.think,
-        session_ids: cfg.session_ids,
-        warmup: cfg.warmup,
-        duration: cfg.duration,
-        measured,
-        connect: shared.ramp_done_at().map(|t| t.saturating_duration_since(started)),
-        stop_reason: shared.stop_reason(),
-        stats,
-        cpu: cpu_report(first, last),
-    })
 }

@@ -1,317 +1,394 @@
-//! The run's results: the JSON summary (stdout or a file) and the one-line
-//! human summary (stderr).
+//! The results of a run as typed records: what `--json` prints (the schema
+//! is documented in `docs/gtm_bench.md`) and what the human summary
+//! ([`super::human`]) is written from.
 //!
-//! JSON schema (all latencies in microseconds, rates per second of the
-//! measurement window):
-//!
-//! ```text
-//! {
-//!   "tool": "gtm_bench", "version": "0.1.0",
-//!   "ok": bool,                  // ran the whole window, txns > 0, no errors, no duplicate GXIDs
-//!   "fatal": string|null,        // set when the run could not happen at all (then most fields are absent)
-//!   "stop_reason": string|null,  // "interrupted", "error limit reached (...)", ...
-//!   "target": "host:port", "via": "direct"|"proxy", "spawned": {"sim": bool, "proxy": bool},
-//!   "backends": n, "threads": n, "think_us": n, "session_ids": bool,
-//!   "warmup_s": f, "duration_s": f,   // as requested
-//!   "measured_s": f,                  // actual window length
-//!   "connect_s": f|null,              // time until every backend's first connect resolved
-//!   "txns": n, "txn_per_s": f, "ops": n, "ops_per_s": f,   // ops = begin + snapshot + commit answers
-//!   "latency_us": {"begin"|"snapshot"|"commit"|"txn":
-//!                  {"count", "mean", "p50", "p90", "p99", "p99_9", "max"}},
-//!   "errors": {"total": n, "by_kind": {"server_error": n, ...every kind...},
-//!              "by_op": {"startup"|"begin"|"snapshot"|"commit": n}},
-//!   "connections": {"established", "failed", "reconnects", "stopped_backends", "unfinished_at_end"},
-//!   "gxids": {"handed_out", "unique", "duplicates", "duplicates_while_open", "min", "max"},
-//!          // duplicates: GXIDs handed out more than once in the run (across all loop threads);
-//!          // duplicates_while_open: of those, ones still held by an open transaction of the
-//!          // same loop thread (exact with --threads 1)
-//!   "cpu": {"window_s": f, "bench": CPU, "sim": CPU|null, "proxy": CPU|null}
-//!          // CPU = {"cpu_us": n, "cores": f, "us_per_request": f}
-//! }
-//! ```
-//!
-//! Errors, connection counts and the GXID check cover the whole run
-//! (connects, warm-up, window and drain); throughput and latency cover
-//! only the window.
+//! Latencies are microseconds rounded to 3 significant digits (the
+//! histograms' own precision); rates are per second of the measurement
+//! window. Errors, connection counts and the GXID check cover the whole run
+//! (connects, warm-up, window and drain); throughput and latency cover only
+//! the window.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::backend::{ErrorKind, Op};
 use super::stats::{Latency, Stats};
+use super::timeline::{self, Stall};
 
-/// CPU time a process used during the window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuUse {
-    pub cpu: Duration,
-    pub wall: Duration,
+/// Version of the JSON layout; bumped when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// `x` rounded to 3 significant digits.
+pub fn sig3(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return 0.0;
+    }
+    let scale = 10f64.powi(2 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
 }
 
-impl CpuUse {
-    fn json(&self, requests: u64) -> Value {
-        let us = self.cpu.as_micros() as u64;
-        let wall = self.wall.as_secs_f64();
-        json!({
-            "cpu_us": us,
-            "cores": if wall > 0.0 { round3(self.cpu.as_secs_f64() / wall) } else { 0.0 },
-            "us_per_request": if requests > 0 { json!(round3(us as f64 / requests as f64)) } else { Value::Null },
-        })
+/// Top level of `--json`: one run, or a comparison.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Output {
+    Run(Box<RunReport>),
+    Compare(CompareReport),
+    /// The run could not take place (bad option, unreachable target, a child that would not start).
+    Fatal {
+        tool: &'static str,
+        version: &'static str,
+        schema: u32,
+        ok: bool,
+        fatal: String,
+    },
+}
+
+impl Output {
+    pub fn fatal(message: String) -> Output {
+        Output::Fatal {
+            tool: "gtm_bench",
+            version: env!("CARGO_PKG_VERSION"),
+            schema: SCHEMA_VERSION,
+            ok: false,
+            fatal: message,
+        }
     }
 }
 
-/// CPU of each process over the window (None: not measured / not spawned).
-#[derive(Debug, Clone, Default)]
-pub struct CpuReport {
-    pub bench: Option<CpuUse>,
-    pub sim: Option<CpuUse>,
-    pub proxy: Option<CpuUse>,
+/// One target under one load.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub schema: u32,
+    /// Ran the whole window, committed transactions, no errors, no duplicate GXIDs.
+    pub ok: bool,
+    /// Why the run ended before its window did ("interrupted", "error limit reached (...)").
+    pub stop_reason: Option<String>,
+    pub target: Target,
+    pub load: Load,
+    /// Length of the measurement window actually run, seconds.
+    pub measured_s: f64,
+    /// Time until every backend's first connect resolved, seconds.
+    pub connect_s: Option<f64>,
+    pub txns: u64,
+    pub txn_per_s: f64,
+    /// Answers to begin, snapshot and commit requests.
+    pub ops: u64,
+    pub ops_per_s: f64,
+    pub latency_us: LatencySet,
+    pub errors: Errors,
+    pub connections: Connections,
+    pub gxids: Gxids,
+    /// CPU used during the window by each process watched.
+    pub cpu: Vec<Cpu>,
+    /// Present with a scenario or `--plot`.
+    pub timeline: Option<TimelineReport>,
 }
 
-/// Everything the JSON says.
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub target: String,
-    pub via_proxy: bool,
-    pub spawned_sim: bool,
-    pub spawned_proxy: bool,
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// "direct", "gtm_proxy", or the label given with the target.
+    pub label: String,
+    pub addr: String,
+    /// What the bench started for this run: "gtm_sim", "gtm_proxy"...
+    pub spawned: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Load {
     pub backends: usize,
     pub threads: usize,
-    pub think: Duration,
+    pub think_us: u64,
     pub session_ids: bool,
-    pub warmup: Duration,
-    pub duration: Duration,
-    pub measured: Duration,
-    pub connect: Option<Duration>,
-    pub stop_reason: Option<String>,
-    pub stats: Stats,
-    pub cpu: CpuReport,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub ramp_s: f64,
 }
 
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySet {
+    pub begin: LatencyStats,
+    pub snapshot: LatencyStats,
+    pub commit: LatencyStats,
+    /// Begin sent to commit answered.
+    pub txn: LatencyStats,
 }
 
-fn latency_json(l: &Latency) -> Value {
-    if l.count() == 0 {
-        return json!({ "count": 0 });
-    }
-    json!({
-        "count": l.count(),
-        "mean": round3(l.mean_us()),
-        "p50": round3(l.quantile_us(0.5)),
-        "p90": round3(l.quantile_us(0.9)),
-        "p99": round3(l.quantile_us(0.99)),
-        "p99_9": round3(l.quantile_us(0.999)),
-        "max": round3(l.max_us()),
-    })
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct LatencyStats {
+    pub count: u64,
+    /// The rest are null when count is 0.
+    pub mean: Option<f64>,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub p99_9: Option<f64>,
+    pub max: Option<f64>,
 }
 
-impl Report {
-    pub fn txn_per_s(&self) -> f64 {
-        per_s(self.stats.txns(), self.measured)
+impl LatencyStats {
+    pub fn of(l: &Latency) -> Self {
+        let on = l.count() > 0;
+        let q = |v: f64| on.then(|| sig3(v));
+        LatencyStats {
+            count: l.count(),
+            mean: q(l.mean_us()),
+            p50: q(l.quantile_us(0.5)),
+            p90: q(l.quantile_us(0.9)),
+            p99: q(l.quantile_us(0.99)),
+            p99_9: q(l.quantile_us(0.999)),
+            max: q(l.max_us()),
+        }
     }
+}
 
-    pub fn ops_per_s(&self) -> f64 {
-        per_s(self.stats.ops(), self.measured)
+#[derive(Debug, Clone, Serialize)]
+pub struct Errors {
+    pub total: u64,
+    /// Every kind, zeros included; keys as in `ErrorKind::as_str`.
+    pub by_kind: BTreeMap<String, u64>,
+    /// The request outstanding when the error happened: startup, begin, snapshot, commit.
+    pub by_op: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Connections {
+    pub established: u64,
+    pub failed: u64,
+    pub reconnects: u64,
+    pub stopped_backends: u64,
+    pub unfinished_at_end: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Gxids {
+    pub handed_out: u64,
+    pub unique: u64,
+    /// GXIDs handed out more than once in the run.
+    pub duplicates: u64,
+    /// Of those, ones still held by an open transaction of the same loop thread.
+    pub duplicates_while_open: u64,
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cpu {
+    pub name: String,
+    pub pid: u32,
+    /// CPU seconds (user + system) over the window.
+    pub cpu_s: f64,
+    /// cpu_s / window seconds.
+    pub cores: f64,
+    /// CPU microseconds per answered request.
+    pub us_per_request: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineReport {
+    pub bucket_ms: u64,
+    pub buckets: Vec<TimelineBucket>,
+    pub event: Option<EventReport>,
+    /// Longest stretch without a committed transaction.
+    pub longest_stall: Option<Stall>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineBucket {
+    /// Bucket start, seconds from the window start.
+    pub t_s: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub p99_us: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventReport {
+    pub command: String,
+    /// Seconds from the window start.
+    pub at_s: f64,
+    /// How long the command ran, seconds (null if it was still running at the end and was killed).
+    pub ran_s: Option<f64>,
+    pub exit: Option<String>,
+    /// First bucket with errors at or after the event.
+    pub first_error_s: Option<f64>,
+    /// First bucket with a commit after that.
+    pub first_success_after_s: Option<f64>,
+}
+
+/// A comparison: the same load against each target, repeats interleaved.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareReport {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub schema: u32,
+    pub ok: bool,
+    pub repeats: usize,
+    pub targets: Vec<CompareTarget>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareTarget {
+    pub label: String,
+    pub addr: String,
+    pub median: Medians,
+    /// median txn/s over the first target's.
+    pub ratio: Option<f64>,
+    pub runs: Vec<RunReport>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct Medians {
+    pub txn_per_s: f64,
+    pub txn_p50_us: Option<f64>,
+    pub txn_p99_us: Option<f64>,
+    /// CPU µs per request of the target's own process, when the bench watches it.
+    pub target_us_per_request: Option<f64>,
+}
+
+pub fn errors_of(s: &Stats) -> Errors {
+    let by_kind = ErrorKind::ALL.iter().map(|k| (k.as_str().to_owned(), s.errors.get(*k))).collect();
+    let by_op = Op::ALL.iter().map(|o| (o.as_str().to_owned(), s.errors.by_op[o.index()])).collect();
+    Errors { total: s.errors.total(), by_kind, by_op }
+}
+
+pub fn connections_of(s: &Stats) -> Connections {
+    let c = &s.conns;
+    Connections {
+        established: c.established,
+        failed: c.failed,
+        reconnects: c.reconnects,
+        stopped_backends: c.stopped_backends,
+        unfinished_at_end: c.unfinished_at_end,
     }
+}
 
-    /// The run measured something and found nothing wrong.
-    pub fn ok(&self) -> bool {
-        self.stop_reason.is_none()
-            && self.stats.txns() > 0
-            && self.stats.errors.total() == 0
-            && self.stats.gxids.duplicates == 0
-            && self.stats.gxids.duplicates_while_open == 0
+pub fn gxids_of(s: &Stats) -> Gxids {
+    let g = &s.gxids;
+    Gxids {
+        handed_out: g.handed_out,
+        unique: g.unique(),
+        duplicates: g.duplicates,
+        duplicates_while_open: g.duplicates_while_open,
+        min: g.min,
+        max: g.max,
     }
+}
 
-    pub fn to_json(&self) -> Value {
-        let s = &self.stats;
-        let by_kind: serde_json::Map<String, Value> =
-            ErrorKind::ALL.iter().map(|k| (k.as_str().to_owned(), json!(s.errors.get(*k)))).collect();
-        let by_op: serde_json::Map<String, Value> =
-            Op::ALL.iter().map(|o| (o.as_str().to_owned(), json!(s.errors.by_op[o.index()]))).collect();
-        let requests = s.ops();
-        let cpu = |c: &Option<CpuUse>| c.as_ref().map_or(Value::Null, |c| c.json(requests));
-        let window_s = [&self.cpu.bench, &self.cpu.sim, &self.cpu.proxy]
-            .iter()
-            .find_map(|c| c.map(|c| round3(c.wall.as_secs_f64())));
-        json!({
-            "tool": "gtm_bench",
-            "version": env!("CARGO_PKG_VERSION"),
-            "ok": self.ok(),
-            "fatal": Value::Null,
-            "stop_reason": self.stop_reason,
-            "target": self.target,
-            "via": if self.via_proxy { "proxy" } else { "direct" },
-            "spawned": { "sim": self.spawned_sim, "proxy": self.spawned_proxy },
-            "backends": self.backends,
-            "threads": self.threads,
-            "think_us": self.think.as_micros() as u64,
-            "session_ids": self.session_ids,
-            "warmup_s": self.warmup.as_secs_f64(),
-            "duration_s": self.duration.as_secs_f64(),
-            "measured_s": round3(self.measured.as_secs_f64()),
-            "connect_s": self.connect.map(|d| round3(d.as_secs_f64())),
-            "txns": s.txns(),
-            "txn_per_s": round3(self.txn_per_s()),
-            "ops": s.ops(),
-            "ops_per_s": round3(self.ops_per_s()),
-            "latency_us": {
-                "begin": latency_json(&s.begin),
-                "snapshot": latency_json(&s.snapshot),
-                "commit": latency_json(&s.commit),
-                "txn": latency_json(&s.txn),
-            },
-            "errors": { "total": s.errors.total(), "by_kind": by_kind, "by_op": by_op },
-            "connections": {
-                "established": s.conns.established,
-                "failed": s.conns.failed,
-                "reconnects": s.conns.reconnects,
-                "stopped_backends": s.conns.stopped_backends,
-                "unfinished_at_end": s.conns.unfinished_at_end,
-            },
-            "gxids": {
-                "handed_out": s.gxids.handed_out,
-                "unique": s.gxids.unique(),
-                "duplicates": s.gxids.duplicates,
-                "duplicates_while_open": s.gxids.duplicates_while_open,
-                "min": s.gxids.min,
-                "max": s.gxids.max,
-            },
-            "cpu": {
-                "window_s": window_s,
-                "bench": cpu(&self.cpu.bench),
-                "sim": cpu(&self.cpu.sim),
-                "proxy": cpu(&self.cpu.proxy),
-            },
+pub fn timeline_of(s: &Stats, event: Option<EventReport>) -> TimelineReport {
+    let b = &s.timeline.buckets;
+    let buckets = b
+        .iter()
+        .enumerate()
+        .map(|(i, x)| TimelineBucket {
+            t_s: (i as f64 * timeline::BUCKET.as_secs_f64() * 10.0).round() / 10.0,
+            ok: x.ok,
+            errors: x.errors,
+            p99_us: x.p99_us(),
         })
-    }
-
-    /// One line for people.
-    pub fn summary_line(&self) -> String {
-        let s = &self.stats;
-        let mut line = format!(
-            "gtm_bench: {} ({}) {} backends, {:.1} s: {:.0} txn/s ({:.0} ops/s), txn p50 {:.0} us p99 {:.0} us, \
-             errors {}, duplicate gxids {}, connections {} ok / {} failed",
-            self.target,
-            if self.via_proxy { "via proxy" } else { "direct" },
-            self.backends,
-            self.measured.as_secs_f64(),
-            self.txn_per_s(),
-            self.ops_per_s(),
-            s.txn.quantile_us(0.5),
-            s.txn.quantile_us(0.99),
-            s.errors.total(),
-            s.gxids.duplicates,
-            s.conns.established,
-            s.conns.failed,
-        );
-        if let Some(p) = self.cpu.proxy {
-            if s.ops() > 0 {
-                line.push_str(&format!(", proxy {:.2} cpu-us/request", p.cpu.as_micros() as f64 / s.ops() as f64));
-            }
-        }
-        if let Some(r) = &self.stop_reason {
-            line.push_str(&format!(" [stopped early: {r}]"));
-        }
-        line.push_str(if self.ok() { " — OK" } else { " — FAILED" });
-        line
+        .collect();
+    let event = event.map(|mut e| {
+        let (err, ok) = timeline::after_event(b, e.at_s);
+        e.first_error_s = err;
+        e.first_success_after_s = ok;
+        e
+    });
+    TimelineReport {
+        bucket_ms: timeline::BUCKET.as_millis() as u64,
+        buckets,
+        event,
+        longest_stall: timeline::longest_stall(b),
     }
 }
 
-fn per_s(n: u64, d: Duration) -> f64 {
-    let s = d.as_secs_f64();
-    if s > 0.0 {
-        n as f64 / s
-    } else {
-        0.0
+impl RunReport {
+    /// The verdict: the whole window ran, something committed, nothing went wrong.
+    pub fn verdict(stop_reason: &Option<String>, s: &Stats) -> bool {
+        stop_reason.is_none()
+            && s.txns() > 0
+            && s.errors.total() == 0
+            && s.gxids.duplicates == 0
+            && s.gxids.duplicates_while_open == 0
     }
 }
 
-/// The JSON of a run that could not take place (bad target, a child that
-/// would not start...).
-pub fn fatal_json(target: &str, via_proxy: bool, backends: usize, message: &str) -> Value {
-    json!({
-        "tool": "gtm_bench",
-        "version": env!("CARGO_PKG_VERSION"),
-        "ok": false,
-        "fatal": message,
-        "target": target,
-        "via": if via_proxy { "proxy" } else { "direct" },
-        "backends": backends,
-        "txns": 0,
-        "txn_per_s": 0.0,
-    })
+/// Median of `v` (mean of the middle two for an even count); None if empty.
+pub fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// Medians of a target's runs; `target_pid_name` names the process whose CPU counts as the target's.
+pub fn medians(runs: &[RunReport], target_proc: Option<&str>) -> Medians {
+    let mut tps: Vec<f64> = runs.iter().map(|r| r.txn_per_s).collect();
+    let mut p50: Vec<f64> = runs.iter().filter_map(|r| r.latency_us.txn.p50).collect();
+    let mut p99: Vec<f64> = runs.iter().filter_map(|r| r.latency_us.txn.p99).collect();
+    let mut cpu: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.cpu.iter().find(|c| Some(c.name.as_str()) == target_proc).and_then(|c| c.us_per_request))
+        .collect();
+    Medians {
+        txn_per_s: median(&mut tps).map_or(0.0, sig3),
+        txn_p50_us: median(&mut p50).map(sig3),
+        txn_p99_us: median(&mut p99).map(sig3),
+        target_us_per_request: median(&mut cpu).map(sig3),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn report() -> Report {
-        Report {
-            target: "127.0.0.1:1".into(),
-            via_proxy: false,
-            spawned_sim: false,
-            spawned_proxy: false,
-            backends: 2,
-            threads: 1,
-            think: Duration::ZERO,
-            session_ids: true,
-            warmup: Duration::ZERO,
-            duration: Duration::from_secs(2),
-            measured: Duration::from_secs(2),
-            connect: Some(Duration::from_millis(3)),
-            stop_reason: None,
-            stats: Stats::default(),
-            cpu: CpuReport::default(),
-        }
+    #[test]
+    fn three_significant_digits() {
+        assert_eq!(sig3(982.015), 982.0);
+        assert_eq!(sig3(21594.0), 21600.0);
+        assert_eq!(sig3(45.312), 45.3);
+        assert_eq!(sig3(0.0), 0.0);
+        assert_eq!(sig3(1.0049), 1.0);
     }
 
     #[test]
-    fn json_has_every_error_kind_and_rates() {
-        let mut r = report();
-        for us in [10, 20, 30] {
-            r.stats.txn.record(Duration::from_micros(us));
-            r.stats.begin.record(Duration::from_micros(us));
-        }
-        r.stats.errors.add(ErrorKind::ServerError, Op::Commit);
-        r.cpu.proxy = Some(CpuUse { cpu: Duration::from_millis(10), wall: Duration::from_secs(2) });
-        let v = r.to_json();
-        assert_eq!(v["txns"], 3);
-        assert_eq!(v["txn_per_s"], 1.5);
-        assert_eq!(v["ops"], 3);
-        assert_eq!(v["errors"]["total"], 1);
-        assert_eq!(v["errors"]["by_kind"]["server_error"], 1);
-        assert_eq!(v["errors"]["by_op"]["commit"], 1);
-        assert_eq!(v["errors"]["by_kind"].as_object().unwrap().len(), ErrorKind::COUNT);
-        // hdrhistogram reports the top of the 3-significant-digit bucket.
-        assert!((v["latency_us"]["txn"]["p50"].as_f64().unwrap() - 20.0).abs() < 0.05);
-        assert_eq!(v["latency_us"]["snapshot"]["count"], 0);
-        assert_eq!(v["cpu"]["proxy"]["us_per_request"], 3333.333);
-        assert_eq!(v["cpu"]["proxy"]["cores"], 0.005);
+    fn medians_of_odd_and_even() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn latency_stats_are_null_without_samples() {
+        let l = Latency::new();
+        assert_eq!(LatencyStats::of(&l).p50, None);
+        let mut l = Latency::new();
+        l.record(Duration::from_nanos(982_015));
+        let s = LatencyStats::of(&l);
+        assert_eq!((s.count, s.p50), (1, Some(982.0)));
+    }
+
+    #[test]
+    fn errors_list_every_kind() {
+        let mut s = Stats::default();
+        s.errors.add(ErrorKind::Timeout, Op::Commit);
+        let e = errors_of(&s);
+        assert_eq!(e.total, 1);
+        assert_eq!(e.by_kind.len(), ErrorKind::COUNT);
+        assert_eq!(e.by_kind["timeout"], 1);
+        assert_eq!(e.by_kind["server_error"], 0);
+        assert_eq!(e.by_op["commit"], 1);
+    }
+
+    #[test]
+    fn fatal_output_is_tagged() {
+        let v = serde_json::to_value(Output::fatal("no GTM".into())).unwrap();
+        assert_eq!(v["mode"], "fatal");
         assert_eq!(v["ok"], false);
-        assert!(r.summary_line().contains("FAILED"));
-    }
-
-    #[test]
-    fn ok_needs_transactions_and_no_errors() {
-        let mut r = report();
-        assert!(!r.ok());
-        r.stats.txn.record(Duration::from_micros(1));
-        assert!(r.ok());
-        r.stats.gxids.began(5);
-        r.stats.gxids.began(5);
-        assert!(!r.ok());
-        assert_eq!(r.to_json()["gxids"]["duplicates"], 1);
-    }
-
-    #[test]
-    fn fatal_json_says_why() {
-        let v = fatal_json("127.0.0.1:1", true, 5, "gtm_proxy exited");
-        assert_eq!(v["ok"], false);
-        assert_eq!(v["fatal"], "gtm_proxy exited");
-        assert_eq!(v["via"], "proxy");
+        assert_eq!(v["fatal"], "no GTM");
     }
 }

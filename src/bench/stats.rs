@@ -7,6 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use super::backend::{ErrorKind, Op};
+use super::timeline::Timeline;
 
 /// Highest latency the histograms resolve (longer ones are clamped): well
 /// above the 20 s request timeout.
@@ -195,6 +196,8 @@ pub struct Stats {
     pub errors: ErrorCounts,
     pub conns: ConnCounts,
     pub gxids: GxidCheck,
+    /// Per-100 ms view of the window (empty unless asked for).
+    pub timeline: Timeline,
 }
 
 impl Stats {
@@ -214,6 +217,7 @@ impl Stats {
         self.errors.merge(&o.errors);
         self.conns.merge(&o.conns);
         self.gxids.merge(o.gxids);
+        self.timeline.merge(&o.timeline);
     }
 }
 

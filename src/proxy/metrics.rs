@@ -65,7 +65,7 @@ fn serve(mut s: TcpStream, workers: &[Arc<WorkerStats>]) -> std::io::Result<()> 
 /// The metrics text: one series per worker.
 pub fn render(workers: &[Arc<WorkerStats>]) -> String {
     type Get = fn(&WorkerStats) -> u64;
-    let series: [(&str, &str, &str, Get); 9] = [
+    let series: [(&str, &str, &str, Get); 10] = [
         ("gtm_proxy_backends", "gauge", "Connected backends.", |s| s.backends.load(Ordering::Relaxed) as u64),
         ("gtm_proxy_requests_total", "counter", "Backend requests received.", |s| s.requests.load(Ordering::Relaxed)),
         ("gtm_proxy_gtm_answers_total", "counter", "Answers received from the GTM.", |s| {
@@ -77,6 +77,12 @@ pub fn render(workers: &[Arc<WorkerStats>]) -> String {
         ("gtm_proxy_gtm_link_failures_total", "counter", "GTM links lost.", |s| {
             s.link_failures.load(Ordering::Relaxed)
         }),
+        (
+            "gtm_proxy_gtm_reconnect_orders_total",
+            "counter",
+            "Reconnect orders carried out (planned moves, not failures).",
+            |s| s.reconnect_orders.load(Ordering::Relaxed),
+        ),
         ("gtm_proxy_gtm_link_up", "gauge", "1 while the worker's GTM link is ready.", |s| {
             s.link_up.load(Ordering::Relaxed) as u64
         }),

@@ -32,7 +32,7 @@ use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::config::{CliOverrides, Config};
+use crate::config::{Config, ProxyArgs};
 use crate::control::{self, PidFile};
 use crate::netio;
 use registration::{Identity, RegLink};
@@ -73,7 +73,7 @@ impl WorkerHandle {
 /// Run the proxy until a stop signal. `cli` are the command-line values
 /// (they keep winning over the file on reload); `argv` is written to
 /// `gtm_proxy.opts` as XL does.
-pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), ProxyError> {
+pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyError> {
     let data_dir = cfg.data_dir.clone();
     let pid = PidFile::create(&data_dir)?;
     if let Err(e) = control::write_opts(&data_dir, argv) {
@@ -83,8 +83,6 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
         Ok(n) => info!("open file limit is {n}"),
         Err(e) => warn!("cannot raise the open file limit: {e}"),
     }
-    // Applied to every accepted backend and GTM link; fixed at start-up.
-    let keepalive = keepalive_of(&cfg);
 
     let mut poll = Poll::new().map_err(|e| ProxyError::Io("poll", e))?;
     let mut listeners = bind_listeners(&cfg)?;
@@ -100,7 +98,14 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
         data_dir: std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).to_string_lossy().into_owned(),
     };
     let mut gtm = (cfg.gtm_host.clone(), cfg.gtm_port);
-    let mut reg = Some(RegLink::register(&gtm.0, gtm.1, &me)?);
+    let mut reg = match RegLink::register(&gtm.0, gtm.1, &me) {
+        Ok(r) => Some(r),
+        Err(e) if !cfg.gtm_required_at_start => {
+            warn!("cannot register on GTM {}:{} at start: {e}; listening anyway, retrying the GTM", gtm.0, gtm.1);
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let mut cfg = Arc::new(cfg);
     let high = Arc::new(ledger::HighWater::default());
@@ -127,15 +132,21 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
             .map_err(|e| ProxyError::Listen(addr.to_string(), e))?;
     }
     let main_waker = Arc::new(Waker::new(poll.registry(), MAIN_WAKER).map_err(|e| ProxyError::Io("waker", e))?);
+    let (reg_tx, reg_rx) = unbounded();
+    let mut reg_retry =
+        reg.is_none().then(|| retry_registration(gtm.clone(), me.clone(), &cfg, reg_tx.clone(), main_waker.clone()));
     let signals = spawn_signal_thread(main_waker)?;
     write_port_file(&data_dir, bound);
-    info!("gtm_proxy listening on {bound} with {} workers, GTM {}:{}", workers.len(), gtm.0, gtm.1);
+    control::notify_ready();
+    let mut watchdog = control::Watchdog::from_env();
+    crate::xlog!(LOG, "gtm_proxy listening on {bound} with {} workers, GTM {}:{}", workers.len(), gtm.0, gtm.1);
 
     let mut events = Events::with_capacity(256);
     let mut accepting = true;
     let mut stop: Option<StopMode> = None;
     let mut next_worker = 0usize;
     'main: loop {
+        watchdog.tick();
         if let Err(e) = poll.poll(&mut events, Some(std::time::Duration::from_millis(500))) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -144,6 +155,15 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
         }
         for ev in events.iter() {
             if ev.token() == MAIN_WAKER {
+                while let Ok((to, r)) = reg_rx.try_recv() {
+                    // A registration from before a reconnect order is stale.
+                    if to == gtm && reg.is_none() {
+                        reg = Some(r);
+                        reg_retry = None;
+                    } else {
+                        r.close();
+                    }
+                }
                 while let Ok(sig) = signals.try_recv() {
                     match sig {
                         signal_hook::consts::SIGTERM => stop = Some(StopMode::Smart),
@@ -159,9 +179,19 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
                         }
                         signal_hook::consts::SIGUSR1 => {
                             if let Some(to) = reconnect_order(&data_dir, &gtm) {
-                                info!("reconnect ordered: moving from GTM {}:{} to {}:{}", gtm.0, gtm.1, to.0, to.1);
+                                crate::xlog!(
+                                    LOG,
+                                    "reconnect ordered: moving from GTM {}:{} to {}:{}",
+                                    gtm.0,
+                                    gtm.1,
+                                    to.0,
+                                    to.1
+                                );
                                 if let Some(r) = reg.take() {
                                     r.close();
+                                }
+                                if let Some(cancel) = reg_retry.take() {
+                                    cancel.store(true, Ordering::Relaxed);
                                 }
                                 match RegLink::register(&to.0, to.1, &me) {
                                     Ok(r) => reg = Some(r),
@@ -192,7 +222,7 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
                             continue;
                         }
                         let _ = sock.set_nodelay(true);
-                        netio::set_keepalive(&sock, keepalive);
+                        netio::set_keepalive(&sock, keepalive_of(&cfg));
                         let std_sock = mio_to_std(sock);
                         // Least-loaded worker; ties go round-robin.
                         let n = workers.len();
@@ -219,7 +249,8 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
         }
         if let Some(mode) = stop {
             if accepting {
-                info!("{mode:?} shutdown requested");
+                crate::xlog!(LOG, "{mode:?} shutdown requested");
+                control::notify_stopping();
                 for l in &mut listeners {
                     let _ = poll.registry().deregister(l);
                 }
@@ -250,49 +281,71 @@ pub fn run(cfg: Config, cli: &CliOverrides, argv: &[String]) -> Result<(), Proxy
     }
     let _ = std::fs::remove_file(data_dir.join(PORT_FILE_NAME));
     drop(pid);
-    info!("gtm_proxy stopped ({mode:?})");
+    crate::xlog!(LOG, "gtm_proxy stopped ({mode:?})");
     Ok(())
 }
 
-/// SIGHUP: read gtm_proxy.conf again (command-line values still win).
-/// Settings that only take effect at start-up are reported and kept; a file
-/// with an error is reported and the running configuration kept.
-fn reload(cur: &Config, cli: &CliOverrides, data_dir: &Path) -> Option<Config> {
-    let mut new = match Config::load(data_dir, cli) {
+/// SIGHUP: reopen the log file (logrotate) and read gtm_proxy.conf again
+/// (command-line values still win); [`Config::reload`] decides which changes
+/// apply now. A file with an error is reported and the running configuration kept.
+fn reload(cur: &Config, cli: &ProxyArgs, data_dir: &Path) -> Option<Config> {
+    if let Err(e) = crate::logging::reopen() {
+        error!("could not reopen the log file: {e}");
+    }
+    let new = match Config::load(data_dir, cli) {
         Ok(c) => c,
         Err(e) => {
             error!("configuration not reloaded: {e}");
             return None;
         }
     };
-    let fixed = [
-        ("nodename", new.nodename != cur.nodename),
-        ("listen_addresses", new.listen_addresses != cur.listen_addresses),
-        ("port", new.port != cur.port),
-        ("gtm_host", new.gtm_host != cur.gtm_host),
-        ("gtm_port", new.gtm_port != cur.gtm_port),
-        ("worker_threads", new.worker_threads != cur.worker_threads),
-        ("log_file", new.log_file != cur.log_file),
-        ("metrics_port", new.metrics_port != cur.metrics_port),
-    ];
-    for (key, changed) in fixed {
-        if changed {
-            warn!("parameter \"{key}\" cannot be changed without restarting gtm_proxy; kept");
+    let r = cur.reload(new);
+    for key in &r.kept {
+        warn!("parameter \"{key}\" cannot be changed without restarting gtm_proxy; kept");
+    }
+    crate::logging::set_min_level(r.config.log_min_messages);
+    crate::xlog!(
+        LOG,
+        "configuration reloaded; changed: {}",
+        if r.applied.is_empty() { "none".to_string() } else { r.applied.join(", ") }
+    );
+    Some(r.config)
+}
+
+/// The GTM was not reachable at start: register from a helper thread, every
+/// `gtm_connect_retry_interval`, until it works or the returned flag is set. The link
+/// reaches the main loop through `tx` (with the GTM it was made to) and a wake-up.
+fn retry_registration(
+    gtm: (String, u16),
+    me: Identity,
+    cfg: &Config,
+    tx: Sender<((String, u16), RegLink)>,
+    waker: Arc<Waker>,
+) -> Arc<std::sync::atomic::AtomicBool> {
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = cancel.clone();
+    let interval = cfg.gtm_connect_retry_interval.max(std::time::Duration::from_millis(100));
+    let spawned = std::thread::Builder::new().name("gtm_proxy registration".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(interval);
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match RegLink::register(&gtm.0, gtm.1, &me) {
+                Ok(r) => {
+                    if tx.send((gtm, r)).is_ok() {
+                        let _ = waker.wake();
+                    }
+                    break;
+                }
+                Err(e) => log::debug!("registration on GTM {}:{} failed again: {e}", gtm.0, gtm.1),
+            }
         }
+    });
+    if let Err(e) = spawned {
+        error!("cannot start the registration retry thread: {e}");
     }
-    new.nodename = cur.nodename.clone();
-    new.listen_addresses = cur.listen_addresses.clone();
-    new.port = cur.port;
-    new.gtm_host = cur.gtm_host.clone();
-    new.gtm_port = cur.gtm_port;
-    new.worker_threads = cur.worker_threads;
-    new.log_file = cur.log_file.clone();
-    new.metrics_port = cur.metrics_port;
-    if std::env::var_os("RUST_LOG").is_none() {
-        log::set_max_level(new.log_min_messages.to_level_filter());
-    }
-    info!("configuration reloaded");
-    Some(new)
+    cancel
 }
 
 /// The keepalive settings of `cfg`.

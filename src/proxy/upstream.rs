@@ -124,6 +124,11 @@ impl Upstream {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// Keepalive settings for the next connections (SIGHUP).
+    pub fn set_keepalive(&mut self, k: Keepalive) {
+        self.keepalive = k;
+    }
+
     /// Use another GTM from the next connection attempt on.
     pub fn retarget(&mut self, host: String, port: u16) {
         self.host = host;

@@ -172,7 +172,14 @@ impl Worker {
         let was_ready = self.up.is_ready();
         self.up.close(self.poll.registry());
         let owed = self.up.owed();
-        if was_ready {
+        if was_ready && ordered {
+            crate::xlog!(
+                LOG,
+                "worker {}: leaving the GTM link on a reconnect order; {owed} requests in flight will be replayed on {}",
+                self.id,
+                self.up.addr_string()
+            );
+        } else if was_ready {
             self.stats.link_failures.fetch_add(1, Ordering::Relaxed);
             error!(
                 "worker {}: GTM link {} lost: {err}; {owed} requests in flight will be replayed, {} held",

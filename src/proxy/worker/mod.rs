@@ -88,6 +88,9 @@ pub struct WorkerStats {
     pub upstream_frames: AtomicU64,
     pub errors_sent: AtomicU64,
     pub link_failures: AtomicU64,
+    /// Reconnect orders (gtm_ctl reconnect) carried out: planned moves,
+    /// not failures.
+    pub reconnect_orders: AtomicU64,
     /// 1 while the GTM link is ready.
     pub link_up: AtomicUsize,
     /// Requests waiting to be sent (held while the link is down).
@@ -316,11 +319,13 @@ impl Worker {
                 Control::Reconnect { host, port } => {
                     info!("worker {}: moving to GTM {host}:{port}", self.id);
                     self.up.retarget(host, port);
+                    self.stats.reconnect_orders.fetch_add(1, Ordering::Relaxed);
                     self.link_failed(LinkError::ReconnectOrdered);
                 }
                 Control::Reload(cfg) => {
                     self.failover.policy = Policy::from_config(&cfg);
                     self.coalesce.policy = HoldPolicy::from_config(&cfg);
+                    self.up.set_keepalive(super::keepalive_of(&cfg));
                     self.cfg = cfg;
                     info!("worker {}: configuration reloaded", self.id);
                 }

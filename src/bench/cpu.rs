@@ -1,35 +1,6 @@
-//! Small OS helpers: the file-descriptor limit and CPU-time readings.
+//! CPU-time readings of the bench itself and of the processes it watches.
 
-use std::io;
 use std::time::Duration;
-
-/// Raise the soft `RLIMIT_NOFILE` to the hard limit (10,000 backends need
-/// 10,000 descriptors, plus whatever spawned children inherit). Returns the
-/// soft limit in force afterwards.
-pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur >= lim.rlim_max {
-        return Ok(lim.rlim_cur);
-    }
-    let mut want = lim.rlim_max;
-    if want == libc::RLIM_INFINITY {
-        // The kernel refuses "unlimited" for NOFILE; its ceiling is fs.nr_open.
-        want = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
-            .unwrap_or(1 << 20);
-    }
-    let new = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max };
-    // SAFETY: setrlimit only reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(want)
-}
 
 /// User + system CPU time of this process.
 pub fn self_cpu() -> Duration {
@@ -87,10 +58,5 @@ mod tests {
     fn own_cpu_is_readable() {
         assert!(proc_cpu(std::process::id()).is_some());
         let _ = self_cpu();
-    }
-
-    #[test]
-    fn nofile_limit_can_be_raised() {
-        assert!(raise_nofile_limit().unwrap() >= 64);
     }
 }
