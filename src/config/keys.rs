@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(takes("KEEPALIVES_IDLE"), Some(Takes::Reload));
         assert_eq!(takes("worker_threads"), Some(Takes::Restart));
         assert_eq!(takes("nonsense"), None);
-        assert_eq!(all_keys().count(), 29);
+        assert_eq!(all_keys().count(), 31);
     }
 
     #[test]
