@@ -170,10 +170,6 @@ pub enum BenchError {
     Plot(String),
 }
 
-pub(crate) fn resolve(host: &str, port: u16) -> Result<SocketAddr, BenchError> {
-    resolve_addr(&format!("{host}:{port}"))
-}
-
 /// `HOST:PORT` → address.
 pub fn resolve_addr(addr: &str) -> Result<SocketAddr, BenchError> {
     let err = |detail: String| BenchError::Resolve { addr: addr.to_owned(), detail };
