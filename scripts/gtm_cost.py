@@ -162,7 +162,7 @@ def pgxl_own(d):
 
 
 def start_xl_gtm(xl, run_dir):
-    d = pgxl_dir(run_dir, "gtm_cost_gtm")
+    d = pgxl_dir(run_dir, f"gtm_cost_gtm_{os.getpid()}")
     port = free_port()
     with open(os.path.join(d, "gtm.conf"), "w") as f:
         f.write(f"nodename = 'gtm_cost'\nlisten_addresses = '127.0.0.1'\nport = {port}\n")
@@ -206,7 +206,7 @@ def start_ours(ours, gtm_port, tag, hold_ms, workers=1):
 
 
 def start_xl_proxy(xl, run_dir, gtm_port, tag):
-    d = pgxl_dir(run_dir, f"gtm_cost_{tag}")
+    d = pgxl_dir(run_dir, f"gtm_cost_{tag}_{os.getpid()}")
     port = free_port()
     with open(os.path.join(d, "gtm_proxy.conf"), "w") as f:
         f.write(
