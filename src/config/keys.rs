@@ -68,6 +68,10 @@ keys! {
     max_backends: Reload,
     backend_output_limit: Reload,
     metrics_port: Restart,
+    metrics_listen_address: Restart,
+    allowed_client_networks: Reload,
+    allowed_node_names: Reload,
+    allowed_remote_types: Reload,
     gtm_required_at_start: Restart,
 }
 
@@ -190,7 +194,7 @@ mod tests {
         assert_eq!(takes("KEEPALIVES_IDLE"), Some(Takes::Reload));
         assert_eq!(takes("worker_threads"), Some(Takes::Restart));
         assert_eq!(takes("nonsense"), None);
-        assert_eq!(all_keys().count(), 31);
+        assert_eq!(all_keys().count(), 35);
     }
 
     #[test]

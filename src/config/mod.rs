@@ -125,7 +125,8 @@ pub use crate::logging::{LogLevel, ParseLogLevelError};
 ///
 /// Extensions of this proxy: `hold_max_requests`, `hold_timeout`, `upstream_timeout`,
 /// `batch_max`, `batch_hold`, `batch_in_flight`, `max_backends`, `backend_output_limit`, `metrics_port`,
-/// `gtm_required_at_start`.
+/// `metrics_listen_address`, `allowed_client_networks`, `allowed_node_names`,
+/// `allowed_remote_types`, `gtm_required_at_start`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Node name used for registration and in startup packets (required; may be empty;
@@ -187,8 +188,16 @@ pub struct Config {
     pub max_backends: usize,
     /// Extension: cap of one backend's unsent output, in bytes (default 1 MiB).
     pub backend_output_limit: usize,
-    /// Extension: Prometheus metrics port, `GET /metrics` on the first listen address (default 0 = off).
+    /// Extension: Prometheus metrics port, `GET /metrics` on `metrics_listen_address` (default 0 = off).
     pub metrics_port: u16,
+    /// Extension: address the metrics endpoint binds to (default 127.0.0.1).
+    pub metrics_listen_address: String,
+    /// Extension: client networks allowed to connect, comma-separated CIDR (default empty = any).
+    pub allowed_client_networks: String,
+    /// Extension: node names allowed in startup packets, comma-separated (default empty = any).
+    pub allowed_node_names: String,
+    /// Extension: remote types allowed in startup packets, comma-separated (default empty = any).
+    pub allowed_remote_types: String,
     /// Extension: exit at start when the GTM cannot be reached, as XL does (default off:
     /// listen at once and keep trying the GTM).
     pub gtm_required_at_start: bool,
@@ -243,6 +252,10 @@ impl Config {
             max_backends: 20_000,
             backend_output_limit: 1 << 20,
             metrics_port: 0,
+            metrics_listen_address: "127.0.0.1".to_string(),
+            allowed_client_networks: String::new(),
+            allowed_node_names: String::new(),
+            allowed_remote_types: String::new(),
             gtm_required_at_start: false,
         }
     }
@@ -386,6 +399,16 @@ impl Builder {
             "max_backends" => c.max_backends = parse_int(value, 1, 1_000_000)? as usize,
             "backend_output_limit" => c.backend_output_limit = parse_bytes(value)? as usize,
             "metrics_port" => c.metrics_port = parse_port(value, 0)?,
+            "metrics_listen_address" => c.metrics_listen_address = parse_nonempty(value)?,
+            "allowed_client_networks" => {
+                crate::proxy::access::parse_networks(value).map_err(SetError::Invalid)?;
+                c.allowed_client_networks = value.to_string()
+            }
+            "allowed_node_names" => c.allowed_node_names = value.to_string(),
+            "allowed_remote_types" => {
+                crate::proxy::access::parse_remote_types(value).map_err(SetError::Invalid)?;
+                c.allowed_remote_types = value.to_string()
+            }
             "gtm_required_at_start" => c.gtm_required_at_start = parse_bool(value)?,
             _ => return Err(SetError::Unknown),
         }

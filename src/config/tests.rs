@@ -278,6 +278,12 @@ fn out_of_range_names_file_line_key() {
         "gtm_proxy.conf:4: 0 is outside the valid range for parameter \"batch_max\" (1 .. 16384)"
     );
     assert_eq!(parse_ok("metrics_port = 0").metrics_port, 0);
+    assert_eq!(parse_ok("").metrics_listen_address, "127.0.0.1");
+    let acl = parse_ok("allowed_client_networks = '10.0.0.0/8, ::1'\nallowed_remote_types = 'datanode'");
+    assert_eq!(acl.allowed_client_networks, "10.0.0.0/8, ::1");
+    assert_eq!(acl.allowed_remote_types, "datanode");
+    assert!(matches!(parse_err("allowed_client_networks = '10.0.0.0/40'"), ConfigError::InvalidValue { .. }));
+    assert!(matches!(parse_err("allowed_remote_types = 'postgres'"), ConfigError::InvalidValue { .. }));
     assert_eq!(parse_ok("hold_max_requests = 0").hold_max_requests, 0);
 }
 

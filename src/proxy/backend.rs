@@ -117,6 +117,11 @@ impl Backend {
         }
     }
 
+    /// The peer's address, for access control and logs.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.sock.peer_addr().ok()
+    }
+
     pub fn route(&self) -> Route {
         Route { conn: self.conn, gen: self.gen }
     }

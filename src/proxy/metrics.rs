@@ -1,65 +1,232 @@
-//! Prometheus text-format metrics on `metrics_port` (0 = off).
+//! Prometheus text-format metrics on `metrics_listen_address:metrics_port`
+//! (port 0 = off).
 //!
-//! Served by its own small thread with blocking sockets: it only reads the
-//! workers' atomic counters, so it can never slow a worker's event loop, and
-//! a slow scraper only delays itself.
+//! Served by its own thread with a small non-blocking mio loop: it only
+//! reads the workers' atomic counters, so it can never slow a worker's event
+//! loop. Several scrapes are served at once, a request larger than
+//! [`MAX_REQUEST`] is answered 431 and closed, and a connection that has not
+//! been answered and written within [`DEADLINE`] is closed, so a slow or
+//! silent client costs only its own connection. Plain HTTP/1.x, one request
+//! per connection; no crate needed for a single fixed GET.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
 
+use super::acceptor::RateLimit;
 use super::coalesce::BatchSizes;
 use super::worker::WorkerStats;
 
+/// Longest accepted request head.
+pub const MAX_REQUEST: usize = 8192;
+/// Time a connection gets from accept to its last byte written.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+/// Scrapes served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+
+const LISTENER: Token = Token(usize::MAX);
+
+struct Conn {
+    sock: TcpStream,
+    req: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+    deadline: Instant,
+}
+
 /// Bind `addr` and serve `GET /metrics` from a background thread.
-pub fn spawn(addr: SocketAddr, workers: Vec<Arc<WorkerStats>>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+pub fn spawn(addr: SocketAddr, workers: Vec<Arc<WorkerStats>>) -> io::Result<SocketAddr> {
+    let mut listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    let poll = Poll::new()?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     std::thread::Builder::new().name("gtm_proxy metrics".into()).spawn(move || {
-        for conn in listener.incoming() {
-            match conn {
-                Ok(s) => {
-                    if let Err(e) = serve(s, &workers) {
-                        warn!("metrics request failed: {e}");
-                    }
-                }
-                Err(e) => warn!("metrics accept failed: {e}"),
-            }
+        Server {
+            poll,
+            listener,
+            conns: Slab::new(),
+            workers,
+            accept_failed: false,
+            accept_log: RateLimit::new(Duration::from_secs(10)),
         }
+        .run();
     })?;
     info!("metrics on http://{bound}/metrics");
     Ok(bound)
 }
 
-fn serve(mut s: TcpStream, workers: &[Arc<WorkerStats>]) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut req = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
+struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    workers: Vec<Arc<WorkerStats>>,
+    /// Accept failed (out of descriptors, say): try again after each poll,
+    /// since no new readiness comes for connections already queued.
+    accept_failed: bool,
+    accept_log: RateLimit,
+}
+
+impl Server {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(128);
+        loop {
+            let now = Instant::now();
+            let timeout = self.conns.iter().map(|(_, c)| c.deadline.saturating_duration_since(now)).min();
+            if let Err(e) = self.poll.poll(&mut events, timeout.or(Some(Duration::from_secs(1)))) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("metrics endpoint stopped: poll failed: {e}");
+                    return;
+                }
+            }
+            if self.accept_failed {
+                self.accept();
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    Token(k) => self.on_event(k),
+                }
+            }
+            let now = Instant::now();
+            let late: Vec<usize> = self.conns.iter().filter(|(_, c)| c.deadline <= now).map(|(k, _)| k).collect();
+            for k in late {
+                debug!("metrics: request not completed within {DEADLINE:?}; closed");
+                self.close(k);
+            }
         }
-        req.extend_from_slice(&buf[..n]);
     }
+
+    fn accept(&mut self) {
+        self.accept_failed = false;
+        loop {
+            match self.listener.accept() {
+                Ok((mut sock, peer)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        debug!("metrics: {MAX_CONNECTIONS} scrapes in progress; closing {peer}");
+                        continue;
+                    }
+                    let entry = self.conns.vacant_entry();
+                    let token = Token(entry.key());
+                    if let Err(e) = self.poll.registry().register(&mut sock, token, Interest::READABLE) {
+                        warn!("metrics: cannot register a connection: {e}");
+                        continue;
+                    }
+                    entry.insert(Conn {
+                        sock,
+                        req: Vec::new(),
+                        out: Vec::new(),
+                        sent: 0,
+                        deadline: Instant::now() + DEADLINE,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors and the like: retried after the
+                    // next poll (at most a second away).
+                    if self.accept_log.allow() {
+                        warn!("metrics accept failed: {e}{}", self.accept_log.suppressed_note());
+                    }
+                    self.accept_failed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, k: usize) {
+        let Some(c) = self.conns.get_mut(k) else { return };
+        let done = if c.out.is_empty() { read_request(c, &self.workers) } else { Ok(false) };
+        let done = done.and_then(|answered| if answered || !c.out.is_empty() { write_answer(c) } else { Ok(false) });
+        match done {
+            Ok(false) => {
+                if !c.out.is_empty() {
+                    let _ = self.poll.registry().reregister(&mut c.sock, Token(k), Interest::WRITABLE);
+                }
+            }
+            Ok(true) => self.close(k),
+            Err(e) => {
+                debug!("metrics request failed: {e}");
+                self.close(k);
+            }
+        }
+    }
+
+    fn close(&mut self, k: usize) {
+        if let Some(mut c) = self.conns.try_remove(k) {
+            let _ = self.poll.registry().deregister(&mut c.sock);
+        }
+    }
+}
+
+/// Read what is there; once the head is complete (or too long, or the peer
+/// stopped sending) put the answer in `out`. Returns whether it did.
+fn read_request(c: &mut Conn, workers: &[Arc<WorkerStats>]) -> io::Result<bool> {
+    let mut buf = [0u8; 2048];
+    loop {
+        match c.sock.read(&mut buf) {
+            Ok(0) => {
+                c.out = answer(&c.req, workers);
+                return Ok(true);
+            }
+            Ok(n) => {
+                c.req.extend_from_slice(&buf[..n]);
+                if head_complete(&c.req) || c.req.len() > MAX_REQUEST {
+                    c.out = answer(&c.req, workers);
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Write as much of the answer as the socket takes; true once all is out.
+fn write_answer(c: &mut Conn) -> io::Result<bool> {
+    while c.sent < c.out.len() {
+        match c.sock.write(&c.out[c.sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => c.sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// The request head ends with an empty line.
+pub fn head_complete(req: &[u8]) -> bool {
+    req.windows(4).any(|w| w == b"\r\n\r\n") || req.windows(2).any(|w| w == b"\n\n")
+}
+
+/// The whole HTTP answer to a request head.
+pub fn answer(req: &[u8], workers: &[Arc<WorkerStats>]) -> Vec<u8> {
     let first = req.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    let (status, body) = if first.starts_with(b"GET /metrics ") || first.starts_with(b"GET / ") {
+    let (status, body) = if req.len() > MAX_REQUEST {
+        ("431 Request Header Fields Too Large", "request too large\n".to_string())
+    } else if first.starts_with(b"GET /metrics ") || first.starts_with(b"GET / ") {
         ("200 OK", render(workers))
     } else {
         ("404 Not Found", "only GET /metrics is served\n".to_string())
     };
-    let head = format!(
+    let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 /// The metrics text: one series per worker.
@@ -107,4 +274,31 @@ pub fn render(workers: &[Arc<WorkerStats>]) -> String {
         workers.iter().map(|w| w.batch_sizes.lock().map(|s| s.clone()).unwrap_or_default()).collect();
     BatchSizes::write_prometheus(&mut out, &sizes);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        let w = vec![Arc::new(WorkerStats::default())];
+        w[0].backends.store(3, Ordering::Relaxed);
+        let ok = String::from_utf8(answer(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &w)).unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("gtm_proxy_backends{worker=\"0\"} 3\n"), "{ok}");
+        let (head, body) = ok.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        let nf = String::from_utf8(answer(b"POST /metrics HTTP/1.1\r\n\r\n", &w)).unwrap();
+        assert!(nf.starts_with("HTTP/1.1 404 "), "{nf}");
+        let big = vec![b'a'; MAX_REQUEST + 1];
+        assert!(String::from_utf8(answer(&big, &w)).unwrap().starts_with("HTTP/1.1 431 "));
+    }
+
+    #[test]
+    fn head_end() {
+        assert!(!head_complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"));
+        assert!(head_complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(head_complete(b"GET /metrics HTTP/1.0\n\n"));
+    }
 }

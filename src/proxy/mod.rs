@@ -1,12 +1,19 @@
-//! The GTM proxy daemon: start-up, the accept loop, signals, and shutdown.
+//! The GTM proxy daemon: start-up, the main loop, signals, and shutdown.
 //!
-//! Threads: the main thread owns the listeners, the registration link and
-//! signal handling; `worker_threads` workers ([`worker`]) each own a mio loop,
-//! a set of backends and one GTM link. Accepted sockets go to the worker with
-//! the fewest backends over a crossbeam channel plus that worker's mio
-//! `Waker`. Signals are received by signal-hook on a small thread and handed
-//! to the main loop the same way, so no work happens in a signal handler.
+//! Threads: the main thread owns the listeners ([`acceptor`]), the
+//! registration link and signal handling, and never blocks on a peer;
+//! `worker_threads` workers ([`worker`], managed by [`pool`]) each own a mio
+//! loop, a set of backends and one GTM link. Accepted sockets go to the live
+//! worker with the fewest backends over a crossbeam channel plus that
+//! worker's mio `Waker`. Signals are received by signal-hook on a small
+//! thread and handed to the main loop the same way, so no work happens in a
+//! signal handler; a worker's death and the outcome of a registration run
+//! in the background ([`registration::register_in_background`]) wake the
+//! main loop likewise. Stop signals escalate ([`escalate`]): a stricter stop
+//! always takes over one under way.
 
+pub mod acceptor;
+pub mod access;
 pub mod admission;
 pub mod backend;
 pub mod batch;
@@ -15,6 +22,7 @@ pub mod failover;
 pub mod ids;
 pub mod ledger;
 pub mod metrics;
+pub mod pool;
 pub mod registration;
 pub mod upstream;
 pub mod vetting;
@@ -23,20 +31,22 @@ pub mod worker;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Sender};
+use crossbeam_channel::unbounded;
 use log::{error, info, warn};
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 
 use crate::config::{Config, ProxyArgs};
 use crate::control::{self, PidFile};
 use crate::netio;
-use registration::{Identity, RegLink};
-use worker::{Control, StopMode, Worker, WorkerStats};
+use acceptor::Acceptor;
+use access::AllowList;
+use pool::Pool;
+use registration::{Identity, RegLink, Registered};
+use worker::{Control, StopMode};
 
 const MAIN_WAKER: Token = Token(usize::MAX - 1);
 /// Name of the file holding the bound `host:port` once the proxy listens
@@ -49,24 +59,23 @@ pub enum ProxyError {
     Control(#[from] control::ControlError),
     #[error("{0}")]
     Registration(#[from] registration::RegError),
+    #[error("{0}")]
+    Workers(#[from] pool::PoolError),
     #[error("could not listen on {0}: {1}")]
     Listen(String, io::Error),
     #[error("{0}: {1}")]
     Io(&'static str, io::Error),
+    #[error("invalid access control list: {0}")]
+    Access(String),
 }
 
-struct WorkerHandle {
-    tx: Sender<Control>,
-    waker: Arc<Waker>,
-    stats: Arc<WorkerStats>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl WorkerHandle {
-    fn send(&self, c: Control) {
-        if self.tx.send(c).is_ok() {
-            let _ = self.waker.wake();
-        }
+/// The stop in force after a stop signal: a stricter mode always takes
+/// over, a milder one never weakens the current one. `None` when nothing
+/// changes.
+pub fn escalate(current: Option<StopMode>, asked: StopMode) -> Option<StopMode> {
+    match current {
+        Some(cur) if cur >= asked => None,
+        _ => Some(asked),
     }
 }
 
@@ -85,11 +94,9 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
     }
 
     let mut poll = Poll::new().map_err(|e| ProxyError::Io("poll", e))?;
-    let mut listeners = bind_listeners(&cfg)?;
-    let bound = listeners[0].local_addr().map_err(|e| ProxyError::Io("listener address", e))?;
-    for (i, l) in listeners.iter_mut().enumerate() {
-        poll.registry().register(l, Token(i), Interest::READABLE).map_err(|e| ProxyError::Io("register", e))?;
-    }
+    let allow = AllowList::from_config(&cfg).map_err(ProxyError::Access)?;
+    let mut acceptor = Acceptor::bind(&cfg, allow, poll.registry())?;
+    let bound = acceptor.local_addr()?;
 
     let me = Identity {
         nodename: cfg.nodename.clone(),
@@ -108,181 +115,164 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
     };
 
     let mut cfg = Arc::new(cfg);
-    let high = Arc::new(ledger::HighWater::default());
-    let mut workers = Vec::with_capacity(cfg.worker_threads);
-    for i in 0..cfg.worker_threads {
-        let (tx, rx) = unbounded();
-        let stats = Arc::new(WorkerStats::default());
-        let (w, waker) =
-            Worker::new(i, cfg.clone(), rx, stats.clone(), high.clone()).map_err(|e| ProxyError::Io("worker", e))?;
-        let thread = std::thread::Builder::new()
-            .name(format!("gtm_proxy worker {i}"))
-            .spawn(move || w.run())
-            .map_err(|e| ProxyError::Io("spawn worker", e))?;
-        workers.push(WorkerHandle { tx, waker, stats, thread: Some(thread) });
-    }
+    let main_waker = Arc::new(Waker::new(poll.registry(), MAIN_WAKER).map_err(|e| ProxyError::Io("waker", e))?);
+    let mut pool = Pool::spawn(cfg.worker_threads, &cfg, main_waker.clone())?;
 
     if cfg.metrics_port != 0 {
-        let host = cfg.listen_addresses.split(',').next().map(str::trim).unwrap_or("127.0.0.1");
+        let host = cfg.metrics_listen_address.as_str();
         let host = if host == "*" { "0.0.0.0" } else { host };
         let addr = (host, cfg.metrics_port).to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
             ProxyError::Listen(format!("{host}:{}", cfg.metrics_port), io::Error::other("no address"))
         })?;
-        metrics::spawn(addr, workers.iter().map(|w| w.stats.clone()).collect())
-            .map_err(|e| ProxyError::Listen(addr.to_string(), e))?;
+        metrics::spawn(addr, pool.stats()).map_err(|e| ProxyError::Listen(addr.to_string(), e))?;
     }
-    let main_waker = Arc::new(Waker::new(poll.registry(), MAIN_WAKER).map_err(|e| ProxyError::Io("waker", e))?);
-    let (reg_tx, reg_rx) = unbounded();
-    let mut reg_retry =
-        reg.is_none().then(|| retry_registration(gtm.clone(), me.clone(), &cfg, reg_tx.clone(), main_waker.clone()));
-    let signals = spawn_signal_thread(main_waker)?;
+    let signals = spawn_signal_thread(main_waker.clone())?;
+    let (reg_tx, reg_rx) = unbounded::<Registered>();
+    // Which registration is current: a reconnect order makes earlier ones stale.
+    let reg_generation = Arc::new(AtomicU64::new(0));
+    if reg.is_none() {
+        // The GTM was not reachable at start: keep trying it in the background.
+        let retry = cfg.gtm_connect_retry_interval.max(Duration::from_millis(100));
+        if let Err(e) = registration::register_in_background(
+            None,
+            gtm.clone(),
+            me.clone(),
+            (0, reg_generation.clone()),
+            Some(retry),
+            reg_tx.clone(),
+            main_waker.clone(),
+        ) {
+            error!("cannot start the registration retry thread: {e}");
+        }
+    }
     write_port_file(&data_dir, bound);
     control::notify_ready();
     let mut watchdog = control::Watchdog::from_env();
-    crate::xlog!(LOG, "gtm_proxy listening on {bound} with {} workers, GTM {}:{}", workers.len(), gtm.0, gtm.1);
+    crate::xlog!(LOG, "gtm_proxy listening on {bound} with {} workers, GTM {}:{}", pool.len(), gtm.0, gtm.1);
 
     let mut events = Events::with_capacity(256);
-    let mut accepting = true;
     let mut stop: Option<StopMode> = None;
-    let mut next_worker = 0usize;
-    'main: loop {
+    let outcome = 'main: loop {
         watchdog.tick();
-        if let Err(e) = poll.poll(&mut events, Some(std::time::Duration::from_millis(500))) {
+        let timeout =
+            acceptor.timeout(Instant::now()).map_or(Duration::from_millis(500), |t| t.min(Duration::from_millis(500)));
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(ProxyError::Io("poll", e));
+            break Err(ProxyError::Io("poll", e));
         }
+        let mut woken = false;
         for ev in events.iter() {
             if ev.token() == MAIN_WAKER {
-                while let Ok((to, r)) = reg_rx.try_recv() {
-                    // A registration from before a reconnect order is stale.
-                    if to == gtm && reg.is_none() {
-                        reg = Some(r);
-                        reg_retry = None;
-                    } else {
-                        r.close();
-                    }
-                }
-                while let Ok(sig) = signals.try_recv() {
-                    match sig {
-                        signal_hook::consts::SIGTERM => stop = Some(StopMode::Smart),
-                        signal_hook::consts::SIGINT => stop = Some(StopMode::Fast),
-                        signal_hook::consts::SIGQUIT => stop = Some(StopMode::Immediate),
-                        signal_hook::consts::SIGHUP => {
-                            if let Some(new) = reload(&cfg, cli, &data_dir) {
-                                cfg = Arc::new(new);
-                                for w in &workers {
-                                    w.send(Control::Reload(cfg.clone()));
-                                }
-                            }
-                        }
-                        signal_hook::consts::SIGUSR1 => {
-                            if let Some(to) = reconnect_order(&data_dir, &gtm) {
-                                crate::xlog!(
-                                    LOG,
-                                    "reconnect ordered: moving from GTM {}:{} to {}:{}",
-                                    gtm.0,
-                                    gtm.1,
-                                    to.0,
-                                    to.1
-                                );
-                                if let Some(r) = reg.take() {
-                                    r.close();
-                                }
-                                if let Some(cancel) = reg_retry.take() {
-                                    cancel.store(true, Ordering::Relaxed);
-                                }
-                                match RegLink::register(&to.0, to.1, &me) {
-                                    Ok(r) => reg = Some(r),
-                                    Err(e) => error!("registration on the new GTM failed: {e}"),
-                                }
-                                for w in &workers {
-                                    w.send(Control::Reconnect { host: to.0.clone(), port: to.1 });
-                                }
-                                gtm = to;
-                            }
-                        }
-                        other => warn!("unexpected signal {other}"),
-                    }
-                }
-                continue;
-            }
-            if !accepting {
-                continue;
-            }
-            let Some(l) = listeners.get(ev.token().0) else { continue };
-            loop {
-                match l.accept() {
-                    Ok((sock, peer)) => {
-                        let in_use: usize = workers.iter().map(|w| w.stats.backends.load(Ordering::Relaxed)).sum();
-                        if in_use >= cfg.max_backends {
-                            warn!("refusing connection from {peer}: max_backends ({}) reached", cfg.max_backends);
-                            refuse(sock, "too many connections to gtm_proxy");
-                            continue;
-                        }
-                        let _ = sock.set_nodelay(true);
-                        netio::set_keepalive(&sock, keepalive_of(&cfg));
-                        let std_sock = mio_to_std(sock);
-                        // Least-loaded worker; ties go round-robin.
-                        let n = workers.len();
-                        let mut best = next_worker % n;
-                        for k in 0..n {
-                            let i = (next_worker + k) % n;
-                            if workers[i].stats.backends.load(Ordering::Relaxed)
-                                < workers[best].stats.backends.load(Ordering::Relaxed)
-                            {
-                                best = i;
-                            }
-                        }
-                        next_worker = next_worker.wrapping_add(1);
-                        workers[best].send(Control::NewBackend(std_sock));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        warn!("accept failed: {e}");
-                        break;
-                    }
-                }
+                woken = true;
+            } else if acceptor.is_listener(ev.token()) {
+                acceptor.on_ready(ev.token(), &mut pool);
             }
         }
-        if let Some(mode) = stop {
-            if accepting {
+        acceptor.on_timer(Instant::now(), &mut pool);
+        if woken {
+            // A dead worker first, so that nothing below is sent to it.
+            if let Err(e) = pool.reap(&cfg, stop.is_some()) {
+                break Err(e.into());
+            }
+            while let Ok(r) = reg_rx.try_recv() {
+                match r.result {
+                    Ok(link) if r.generation == reg_generation.load(Ordering::Relaxed) => reg = Some(link),
+                    Ok(stale) => stale.close(),
+                    Err(e) => error!("registration on the new GTM failed: {e}"),
+                }
+            }
+            while let Ok(sig) = signals.try_recv() {
+                let asked = match sig {
+                    signal_hook::consts::SIGTERM => StopMode::Smart,
+                    signal_hook::consts::SIGINT => StopMode::Fast,
+                    signal_hook::consts::SIGQUIT => StopMode::Immediate,
+                    signal_hook::consts::SIGHUP => {
+                        if let Some(new) = reload(&cfg, cli, &data_dir) {
+                            match AllowList::from_config(&new) {
+                                Ok(allow) => {
+                                    acceptor.reload(&new, allow);
+                                    cfg = Arc::new(new);
+                                    pool.broadcast(|| Control::Reload(cfg.clone()));
+                                }
+                                Err(e) => error!("configuration not reloaded: invalid access control list: {e}"),
+                            }
+                        }
+                        continue;
+                    }
+                    signal_hook::consts::SIGUSR1 => {
+                        if let Some(to) = reconnect_order(&data_dir, &gtm) {
+                            crate::xlog!(
+                                LOG,
+                                "reconnect ordered: moving from GTM {}:{} to {}:{}",
+                                gtm.0,
+                                gtm.1,
+                                to.0,
+                                to.1
+                            );
+                            // Workers first: they must not keep sending to the
+                            // old GTM while the registration link moves.
+                            pool.broadcast(|| Control::Reconnect { host: to.0.clone(), port: to.1 });
+                            let generation = reg_generation.fetch_add(1, Ordering::Relaxed) + 1;
+                            let started = registration::register_in_background(
+                                reg.take(),
+                                to.clone(),
+                                me.clone(),
+                                (generation, reg_generation.clone()),
+                                None,
+                                reg_tx.clone(),
+                                main_waker.clone(),
+                            );
+                            if let Err(e) = started {
+                                error!("cannot start the registration on the new GTM: {e}");
+                            }
+                            gtm = to;
+                        }
+                        continue;
+                    }
+                    other => {
+                        warn!("unexpected signal {other}");
+                        continue;
+                    }
+                };
+                let Some(mode) = escalate(stop, asked) else {
+                    info!("{asked:?} shutdown requested; {:?} shutdown already under way", stop.unwrap_or(asked));
+                    continue;
+                };
                 crate::xlog!(LOG, "{mode:?} shutdown requested");
-                control::notify_stopping();
-                for l in &mut listeners {
-                    let _ = poll.registry().deregister(l);
+                if stop.is_none() {
+                    control::notify_stopping();
                 }
-                listeners.clear();
-                accepting = false;
-                for w in &workers {
-                    w.send(Control::Shutdown(mode));
-                }
-            }
-            if mode == StopMode::Immediate {
-                break 'main;
-            }
-            if workers.iter().all(|w| w.thread.as_ref().is_none_or(|t| t.is_finished())) {
-                break 'main;
+                stop = Some(mode);
+                acceptor.close(poll.registry());
+                pool.broadcast(|| Control::Shutdown(mode));
             }
         }
+        match stop {
+            Some(StopMode::Immediate) => break Ok(()),
+            Some(_) if pool.all_finished() => break 'main Ok(()),
+            _ => {}
+        }
+    };
+    let mode = stop.unwrap_or(StopMode::Immediate);
+    if outcome.is_err() {
+        // Leave at once; the caller logs the FATAL line.
+        pool.broadcast(|| Control::Shutdown(StopMode::Immediate));
+    } else if mode != StopMode::Immediate {
+        pool.join();
     }
-    let mode = stop.unwrap_or(StopMode::Fast);
     if mode != StopMode::Immediate {
-        for w in &mut workers {
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
-        }
         if let Some(r) = reg.take() {
             r.unregister(&cfg.nodename);
         }
     }
     let _ = std::fs::remove_file(data_dir.join(PORT_FILE_NAME));
     drop(pid);
-    crate::xlog!(LOG, "gtm_proxy stopped ({mode:?})");
-    Ok(())
+    if outcome.is_ok() {
+        crate::xlog!(LOG, "gtm_proxy stopped ({mode:?})");
+    }
+    outcome
 }
 
 /// SIGHUP: reopen the log file (logrotate) and read gtm_proxy.conf again
@@ -312,42 +302,6 @@ fn reload(cur: &Config, cli: &ProxyArgs, data_dir: &Path) -> Option<Config> {
     Some(r.config)
 }
 
-/// The GTM was not reachable at start: register from a helper thread, every
-/// `gtm_connect_retry_interval`, until it works or the returned flag is set. The link
-/// reaches the main loop through `tx` (with the GTM it was made to) and a wake-up.
-fn retry_registration(
-    gtm: (String, u16),
-    me: Identity,
-    cfg: &Config,
-    tx: Sender<((String, u16), RegLink)>,
-    waker: Arc<Waker>,
-) -> Arc<std::sync::atomic::AtomicBool> {
-    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = cancel.clone();
-    let interval = cfg.gtm_connect_retry_interval.max(std::time::Duration::from_millis(100));
-    let spawned = std::thread::Builder::new().name("gtm_proxy registration".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(interval);
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            match RegLink::register(&gtm.0, gtm.1, &me) {
-                Ok(r) => {
-                    if tx.send((gtm, r)).is_ok() {
-                        let _ = waker.wake();
-                    }
-                    break;
-                }
-                Err(e) => log::debug!("registration on GTM {}:{} failed again: {e}", gtm.0, gtm.1),
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        error!("cannot start the registration retry thread: {e}");
-    }
-    cancel
-}
-
 /// The keepalive settings of `cfg`.
 pub(crate) fn keepalive_of(cfg: &Config) -> netio::Keepalive {
     netio::Keepalive { idle: cfg.keepalives_idle, interval: cfg.keepalives_interval, count: cfg.keepalives_count }
@@ -369,37 +323,23 @@ pub(crate) fn refuse(mut sock: mio::net::TcpStream, msg: &str) {
     let mut b = bytes::BytesMut::new();
     crate::codec::encode_error(&mut b, None, &crate::codec::ErrorFields::new("FATAL", msg));
     let _ = io::Write::write(&mut sock, &b);
+    // Take in what the peer already sent (its startup packet, typically):
+    // closing with unread input resets the connection at once.
+    let mut junk = [0u8; 2048];
+    for _ in 0..4 {
+        match io::Read::read(&mut sock, &mut junk) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = sock.shutdown(std::net::Shutdown::Write);
 }
 
-fn mio_to_std(s: mio::net::TcpStream) -> std::net::TcpStream {
+pub(crate) fn mio_to_std(s: mio::net::TcpStream) -> std::net::TcpStream {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: the descriptor comes straight from a mio stream we own and is
     // handed over exactly once.
     unsafe { std::net::TcpStream::from_raw_fd(s.into_raw_fd()) }
-}
-
-fn bind_listeners(cfg: &Config) -> Result<Vec<TcpListener>, ProxyError> {
-    let mut out = Vec::new();
-    for host in cfg.listen_addresses.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-        let host = if host == "*" { "0.0.0.0" } else { host };
-        let label = format!("{host}:{}", cfg.port);
-        let addrs: Vec<SocketAddr> =
-            (host, cfg.port).to_socket_addrs().map_err(|e| ProxyError::Listen(label.clone(), e))?.collect();
-        let Some(addr) = addrs.first().copied() else {
-            return Err(ProxyError::Listen(label, io::Error::other("no address")));
-        };
-        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
-            .map_err(|e| ProxyError::Listen(label.clone(), e))?;
-        sock.set_reuse_address(true).map_err(|e| ProxyError::Listen(label.clone(), e))?;
-        sock.bind(&addr.into()).map_err(|e| ProxyError::Listen(label.clone(), e))?;
-        sock.listen(4096).map_err(|e| ProxyError::Listen(label.clone(), e))?;
-        sock.set_nonblocking(true).map_err(|e| ProxyError::Listen(label.clone(), e))?;
-        out.push(TcpListener::from_std(sock.into()));
-    }
-    if out.is_empty() {
-        return Err(ProxyError::Listen(cfg.listen_addresses.clone(), io::Error::other("no listen address")));
-    }
-    Ok(out)
 }
 
 fn write_port_file(dir: &Path, addr: SocketAddr) {
@@ -427,4 +367,22 @@ fn spawn_signal_thread(waker: Arc<Waker>) -> Result<crossbeam_channel::Receiver<
         })
         .map_err(|e| ProxyError::Io("spawn signal thread", e))?;
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escalate;
+    use super::worker::StopMode::*;
+
+    #[test]
+    fn a_stricter_stop_always_takes_over() {
+        assert_eq!(escalate(None, Smart), Some(Smart));
+        assert_eq!(escalate(Some(Smart), Fast), Some(Fast));
+        assert_eq!(escalate(Some(Smart), Immediate), Some(Immediate));
+        assert_eq!(escalate(Some(Fast), Immediate), Some(Immediate));
+        // A milder or equal order changes nothing.
+        assert_eq!(escalate(Some(Fast), Smart), None);
+        assert_eq!(escalate(Some(Fast), Fast), None);
+        assert_eq!(escalate(Some(Immediate), Fast), None);
+    }
 }

@@ -1,10 +1,14 @@
 //! The proxy's registration link to the GTM (remote type 2, no proxy
 //! header): `MSG_NODE_REGISTER` at start-up and after a reconnect order,
-//! `MSG_NODE_UNREGISTER` at shutdown. Blocking with timeouts: it runs on the
-//! main thread outside the request path.
+//! `MSG_NODE_UNREGISTER` at shutdown. Blocking with timeouts, outside the
+//! request path: at start-up and shutdown on the main thread, and for a
+//! reconnect order on a thread of its own ([`register_in_background`]) so
+//! that the main loop keeps accepting meanwhile.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -143,4 +147,49 @@ impl RegLink {
         encode_close(&mut out);
         let _ = self.sock.write_all(&out);
     }
+}
+
+/// The outcome of a registration run by [`register_in_background`].
+pub struct Registered {
+    /// Which reconnect order it answers (a later order makes it stale).
+    pub generation: u64,
+    pub result: Result<RegLink, RegError>,
+}
+
+/// Close `old` (if any) and register on `host:port` on a thread of its own;
+/// the outcome goes to `tx` and `waker` is woken. Each step is bounded by
+/// the registration timeout. With `retry_every`, a failed attempt is tried
+/// again after that pause (only the success is sent) until `current` no
+/// longer holds `generation`: a later order has made this one stale.
+pub fn register_in_background(
+    old: Option<RegLink>,
+    target: (String, u16),
+    me: Identity,
+    (generation, current): (u64, Arc<AtomicU64>),
+    retry_every: Option<Duration>,
+    tx: crossbeam_channel::Sender<Registered>,
+    waker: Arc<mio::Waker>,
+) -> io::Result<()> {
+    std::thread::Builder::new().name("gtm_proxy registration".into()).spawn(move || {
+        if let Some(o) = old {
+            o.close();
+        }
+        let stale = || current.load(Ordering::Relaxed) != generation;
+        let result = loop {
+            let result = RegLink::register(&target.0, target.1, &me);
+            match (result, retry_every) {
+                (Err(e), Some(pause)) => {
+                    log::debug!("registration on GTM {}:{} failed again: {e}", target.0, target.1);
+                    std::thread::sleep(pause);
+                    if stale() {
+                        return;
+                    }
+                }
+                (result, _) => break result,
+            }
+        };
+        let _ = tx.send(Registered { generation, result });
+        let _ = waker.wake();
+    })?;
+    Ok(())
 }

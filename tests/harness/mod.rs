@@ -85,6 +85,10 @@ impl Guarded {
         self.child.as_ref().map(|c| c.id() as i32).expect("running")
     }
 
+    pub fn signal(&self, sig: i32) {
+        signal_pid(self.pid(), sig);
+    }
+
     /// Wait for the exit within `within`; past it the child is killed and
     /// the test fails.
     pub fn finish(mut self, within: Duration) -> Output {
@@ -131,13 +135,29 @@ pub struct Daemon {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// Send `sig` to our child `pid`.
+fn signal_pid(pid: i32, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// The address in a daemon's port file, if it is there and whole.
+pub fn read_port_file(path: &Path) -> Option<SocketAddr> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A file's text; empty if it is not there (yet).
+pub fn file_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 fn wait_port_file(path: &Path, child: &mut Child, dir: &Path) -> SocketAddr {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if let Ok(a) = s.trim().parse::<SocketAddr>() {
-                return a;
-            }
+        if let Some(a) = read_port_file(path) {
+            return a;
         }
         if let Ok(Some(st)) = child.try_wait() {
             panic!("daemon exited before listening: {st}; log:\n{}", read_logs(dir));
@@ -152,23 +172,68 @@ fn wait_port_file(path: &Path, child: &mut Child, dir: &Path) -> SocketAddr {
 }
 
 fn read_logs(dir: &Path) -> String {
-    ["gtm_proxy.log", "gtm_sim.log", "stderr.log"]
-        .iter()
-        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
-        .collect()
+    ["gtm_proxy.log", "gtm_sim.log", "stderr.log"].iter().map(|f| file_text(&dir.join(f))).collect()
+}
+
+/// Write `conf` as `dir/gtm_proxy.conf`, with `log_min_messages = INFO`
+/// ahead of it unless it sets a level itself.
+pub fn write_proxy_conf(dir: &Path, conf: &str) {
+    let conf =
+        if conf.contains("log_min_messages") { conf.to_string() } else { format!("log_min_messages = INFO\n{conf}") };
+    std::fs::write(dir.join("gtm_proxy.conf"), conf).expect("conf");
+}
+
+/// The options the harness starts a proxy with: data directory `dir`, the
+/// GTM at `gtm`, node name `test_proxy`, `workers` workers (no listen
+/// address or port).
+pub fn proxy_argv(dir: &Path, gtm: SocketAddr, workers: usize) -> Vec<String> {
+    vec![
+        "-D".to_string(),
+        dir.display().to_string(),
+        "-s".into(),
+        gtm.ip().to_string(),
+        "-t".into(),
+        gtm.port().to_string(),
+        "-i".into(),
+        "test_proxy".into(),
+        "-n".into(),
+        workers.to_string(),
+    ]
 }
 
 impl Daemon {
     fn start(bin: &str, args: Vec<String>, dir: PathBuf, port_file: PathBuf, tmp: Option<tempfile::TempDir>) -> Self {
-        let mut child = Self::spawn_child(bin, &args, &dir, &port_file);
-        let addr = wait_port_file(&port_file, &mut child, &dir);
-        Daemon { child: Some(child), dir, addr, bin: bin.to_string(), args, port_file, _tmp: tmp }
+        let mut cmd = command(bin);
+        cmd.args(&args);
+        let mut d = Self::launch(cmd, &dir, &port_file);
+        d._tmp = tmp;
+        d
+    }
+
+    /// Start a prepared command (any arguments and environment, even a
+    /// `sh -c` line that execs the daemon) and wait for its port file.
+    /// `dir` is where its logs are read from; the caller keeps it. Like
+    /// every daemon of the harness: no `RUST_LOG`, stdin closed, stdout
+    /// discarded, stderr appended to `dir/stderr.log`. A restart runs the
+    /// same program and arguments, not the environment.
+    pub fn launch(mut cmd: Command, dir: &Path, port_file: &Path) -> Daemon {
+        let bin = cmd.get_program().to_string_lossy().into_owned();
+        let args = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let mut child = Self::spawn_cmd(&mut cmd, dir, port_file);
+        let addr = wait_port_file(port_file, &mut child, dir);
+        let (dir, port_file) = (dir.to_path_buf(), port_file.to_path_buf());
+        Daemon { child: Some(child), dir, addr, bin, args, port_file, _tmp: None }
     }
 
     fn spawn_child(bin: &str, args: &[String], dir: &Path, port_file: &Path) -> Child {
+        Self::spawn_cmd(command(bin).args(args), dir, port_file)
+    }
+
+    fn spawn_cmd(cmd: &mut Command, dir: &Path, port_file: &Path) -> Child {
         let _ = std::fs::remove_file(port_file);
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stderr.log")).expect("log");
-        command(bin).args(args).stdout(Stdio::null()).stderr(Stdio::from(stderr)).spawn().expect("spawn daemon")
+        cmd.env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(stderr));
+        cmd.spawn().expect("spawn daemon")
     }
 
     /// A fresh `gtm_sim` in its own temporary data directory.
@@ -206,24 +271,8 @@ impl Daemon {
     pub fn proxy_args(gtm: SocketAddr, conf: &str, workers: usize, extra: &[&str]) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
-        let conf = if conf.contains("log_min_messages") {
-            conf.to_string()
-        } else {
-            format!("log_min_messages = INFO\n{conf}")
-        };
-        std::fs::write(dir.join("gtm_proxy.conf"), conf).expect("conf");
-        let mut args: Vec<String> = vec![
-            "-D".to_string(),
-            dir.display().to_string(),
-            "-s".into(),
-            gtm.ip().to_string(),
-            "-t".into(),
-            gtm.port().to_string(),
-            "-i".into(),
-            "test_proxy".into(),
-            "-n".into(),
-            workers.to_string(),
-        ];
+        write_proxy_conf(&dir, conf);
+        let mut args = proxy_argv(&dir, gtm, workers);
         if !extra.contains(&"-p") {
             args.extend(["-p".to_string(), "0".to_string()]);
         }
@@ -231,15 +280,20 @@ impl Daemon {
         Self::start(proxy_bin(), args, dir.clone(), dir.join("gtm_proxy.port"), Some(tmp))
     }
 
+    /// A `gtm_proxy` with exactly `args` (nothing added, `-p` included),
+    /// whose data directory `dir` the caller prepared and keeps.
+    pub fn proxy_exact(dir: &Path, args: &[String]) -> Daemon {
+        let mut cmd = command(proxy_bin());
+        cmd.args(args);
+        Self::launch(cmd, dir, &dir.join("gtm_proxy.port"))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).expect("running")
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child process.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
+        signal_pid(self.pid(), sig);
     }
 
     /// SIGSTOP: the daemon stops answering but keeps its sockets.
@@ -264,6 +318,12 @@ impl Daemon {
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
         self.wait_exit(WAIT).expect("no exit after SIGTERM")
+    }
+
+    /// SIGINT (a fast stop), then wait (bounded) for the exit.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        self.signal(libc::SIGINT);
+        self.wait_exit(WAIT).expect("no exit after SIGINT")
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -329,6 +389,11 @@ impl Daemon {
     /// Everything the daemon logged so far (log file and stderr).
     pub fn log(&self) -> String {
         read_logs(&self.dir)
+    }
+
+    /// The text of `name` in the daemon's directory (empty if not there).
+    pub fn file(&self, name: &str) -> String {
+        file_text(&self.dir.join(name))
     }
 }
 
@@ -769,13 +834,18 @@ pub fn raise_fd_limit() -> u64 {
 }
 
 /// Poll `f` until it returns Some, bounded by `within`.
-pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn eventually<T>(within: Duration, f: impl FnMut() -> Option<T>) -> T {
+    eventually_for(within, "a condition", f)
+}
+
+/// [`eventually`], naming `what` is waited for if it never comes.
+pub fn eventually_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "condition not met within {within:?}");
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -122,7 +122,16 @@ impl Worker {
                 return;
             }
             match StartupPacket::decode(&raw.body) {
-                Ok(sp) => b.started(Peer::from_startup(&sp)),
+                Ok(sp) => {
+                    match crate::proxy::access::check_startup(&self.cfg, b.peer_addr(), sp.name(), sp.remote_type) {
+                        Ok(()) => b.started(Peer::from_startup(&sp)),
+                        Err(deny) => {
+                            let peer = b.peer_addr().map_or_else(|| format!("backend {key}"), |p| p.to_string());
+                            crate::proxy::access::report_denied(&peer, &deny);
+                            b.abort("FATAL", &deny.to_string());
+                        }
+                    }
+                }
                 Err(e) => {
                     warn!("worker {id}: backend {key}: bad startup packet ({} bytes): {e}", raw.body.len());
                     b.abort("FATAL", &format!("invalid startup packet: {e}"));

@@ -329,10 +329,12 @@ impl Worker {
                     self.cfg = cfg;
                     info!("worker {}: configuration reloaded", self.id);
                 }
-                Control::Shutdown(mode) => {
+                // A stricter stop takes over one under way; never a milder one.
+                Control::Shutdown(mode) if self.stopping.is_none_or(|(cur, _)| mode > cur) => {
                     info!("worker {}: {mode:?} shutdown", self.id);
                     self.stopping = Some((mode, Instant::now()));
                 }
+                Control::Shutdown(_) => {}
             }
         }
     }
