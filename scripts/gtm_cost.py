@@ -101,9 +101,9 @@ def find_pid(needle, owner_uid=None, timeout=10.0):
 class Server:
     """A server process we started; stopped by its own PID."""
 
-    def __init__(self, name, popen, pid, port, metrics_port=None):
+    def __init__(self, name, popen, pid, port, metrics_port=None, data_dir=None):
         self.name, self.popen, self.pid, self.port = name, popen, pid, port
-        self.metrics_port = metrics_port
+        self.metrics_port, self.data_dir = metrics_port, data_dir
 
     def multi_sizes(self):
         """Mean elements per MULTI by type, from our proxy's metrics."""
@@ -140,6 +140,8 @@ class Server:
             self.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.popen.kill()
+        if self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def pgxl_uid():
@@ -173,7 +175,7 @@ def start_xl_gtm(xl, run_dir):
     pid = find_pid(f"{xl}/gtm -D {d}", pgxl_uid())
     if not pid or not wait_port(port):
         raise RuntimeError("XL gtm did not start")
-    return Server("xl_gtm", p, pid, port)
+    return Server("xl_gtm", p, pid, port, data_dir=d)
 
 
 def start_sim(ours, tag):
@@ -184,7 +186,7 @@ def start_sim(ours, tag):
     if not wait_port(port):
         p.kill()
         raise RuntimeError("gtm_sim did not start")
-    return Server("gtm_sim", p, p.pid, port)
+    return Server("gtm_sim", p, p.pid, port, data_dir=d)
 
 
 def start_ours(ours, gtm_port, tag, hold_ms, workers=1):
@@ -202,7 +204,7 @@ def start_ours(ours, gtm_port, tag, hold_ms, workers=1):
     if not wait_port(port):
         p.kill()
         raise RuntimeError(f"our gtm_proxy ({tag}) did not start; see {d}")
-    return Server(tag, p, p.pid, port, mport)
+    return Server(tag, p, p.pid, port, mport, data_dir=d)
 
 
 def start_xl_proxy(xl, run_dir, gtm_port, tag):
@@ -219,7 +221,7 @@ def start_xl_proxy(xl, run_dir, gtm_port, tag):
     pid = find_pid(f"{xl}/gtm_proxy -D {d}", pgxl_uid())
     if not pid or not wait_port(port):
         raise RuntimeError("XL gtm_proxy did not start")
-    return Server(tag, p, pid, port)
+    return Server(tag, p, pid, port, data_dir=d)
 
 
 class Sampler(threading.Thread):
