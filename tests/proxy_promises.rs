@@ -420,3 +420,44 @@ fn largest_begin_multi(relay: &Relay) -> usize {
         .max()
         .unwrap_or(0)
 }
+
+/// One worker's backend identifiers run out: the next connection is refused
+/// with a FATAL `E` and closed while every other backend keeps its own; once
+/// one leaves, its identifier serves a newcomer. A link has 32,768
+/// identifiers (the proxy header's non-negative i16) — more connections than
+/// this machine's open-file limit allows a test — so the test hook
+/// `GTM_PROXY_TEST_IDS_PER_LINK` lowers it to 3 for this proxy; the code path
+/// is the one a full link takes.
+#[test]
+fn identifiers_run_out_on_one_worker() {
+    let sim = Daemon::sim(&[]);
+    let (conf, mport) = with_metrics("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write_proxy_conf(tmp.path(), &conf);
+    let mut cmd = command(proxy_bin());
+    cmd.args(proxy_argv(tmp.path(), sim.addr, 1)).args(["-h", "127.0.0.1", "-p", "0"]);
+    cmd.env(gtmproxy::proxy::ids::TEST_IDS_ENV, "3");
+    let proxy = Daemon::launch(cmd, tmp.path(), &tmp.path().join("gtm_proxy.port"));
+    let mut held: Vec<Client> = (0..3).map(|_| Client::proxy_backend(proxy.addr, "cn1")).collect();
+    let gxids: Vec<u32> = held.iter_mut().map(|c| c.begin()).collect();
+    let mut extra = Client::connect(proxy.addr);
+    match extra.recv() {
+        ServerFrame::Error { fields, .. } => {
+            assert_eq!(fields.severity(), "FATAL", "{fields:?}");
+            assert!(fields.message().contains("too many connections"), "{fields:?}");
+        }
+        other => panic!("the connection past the last identifier got {other:?}"),
+    }
+    assert!(extra.closed_within(WAIT), "refused and closed");
+    // The others keep their identifiers and are served.
+    for (c, g) in held.iter_mut().zip(&gxids) {
+        assert!(c.begin() > *g);
+    }
+    let m = scrape(mport, "/metrics").expect("metrics");
+    assert_eq!(m0(&m, "gtm_proxy_backends"), 3, "{m}");
+    let mut gone = held.pop().expect("three held");
+    gone.close();
+    wait_metrics(mport, "one backend gone", |m| m0(m, "gtm_proxy_backends") == 2);
+    let mut newcomer = Client::proxy_backend(proxy.addr, "cn1");
+    round_trip(&mut newcomer);
+}

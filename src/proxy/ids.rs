@@ -20,6 +20,17 @@ use std::collections::VecDeque;
 /// Identifiers are non-negative `i16`: -1 is the GTM's "none / grouped".
 pub const MAX_IDS: usize = i16::MAX as usize + 1;
 
+/// Test hook (never set in production): `GTM_PROXY_TEST_IDS_PER_LINK=<n>`
+/// gives each link only `n` identifiers, so that running out of them can be
+/// tested end to end without 32,768 connections (more descriptors than a
+/// test machine may grant).
+pub const TEST_IDS_ENV: &str = "GTM_PROXY_TEST_IDS_PER_LINK";
+
+/// Identifiers per link: [`MAX_IDS`], unless the test hook lowers it.
+pub fn ids_per_link() -> usize {
+    std::env::var(TEST_IDS_ENV).ok().and_then(|v| v.parse().ok()).map_or(MAX_IDS, |n: usize| n.clamp(1, MAX_IDS))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Slot<D> {
     Free,

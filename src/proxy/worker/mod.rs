@@ -195,7 +195,7 @@ impl Worker {
         let w = Worker {
             id,
             poll,
-            ids: ConnIds::new(crate::proxy::ids::MAX_IDS),
+            ids: ConnIds::new(crate::proxy::ids::ids_per_link()),
             cfg,
             rx,
             backends: Slab::new(),
