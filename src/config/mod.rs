@@ -124,7 +124,7 @@ pub use crate::logging::{LogLevel, ParseLogLevelError};
 /// `err_wait_interval`.
 ///
 /// Extensions of this proxy: `hold_max_requests`, `hold_timeout`, `upstream_timeout`,
-/// `batch_max`, `max_backends`, `backend_output_limit`, `metrics_port`,
+/// `batch_max`, `batch_hold`, `batch_in_flight`, `max_backends`, `backend_output_limit`, `metrics_port`,
 /// `metrics_listen_address`, `allowed_client_networks`, `allowed_node_names`,
 /// `allowed_remote_types`, `gtm_required_at_start`, `backend_startup_timeout`,
 /// `backend_frame_timeout`, `max_startup_backends`, `backend_error_limit`.
@@ -181,6 +181,11 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Extension: most elements in one `*_MULTI` request (default 1024, 1..=16384).
     pub batch_max: usize,
+    /// Extension: longest a grouped request is held so that its MULTI grows behind the
+    /// one in flight (default 2 ms; zero = send every round, full pipelining).
+    pub batch_hold: Duration,
+    /// Extension: MULTIs of one type in flight before new ones are held (default 1, 1..=1024).
+    pub batch_in_flight: usize,
     /// Extension: most concurrent backend connections (default 20000).
     pub max_backends: usize,
     /// Extension: cap of one backend's unsent output, in bytes (default 1 MiB).
@@ -256,6 +261,8 @@ impl Config {
             hold_timeout: Duration::from_secs(30),
             upstream_timeout: Duration::from_secs(10),
             batch_max: 1024,
+            batch_hold: Duration::from_millis(2),
+            batch_in_flight: 1,
             max_backends: 20_000,
             backend_output_limit: 1 << 20,
             metrics_port: 0,
@@ -405,6 +412,8 @@ impl Builder {
             "hold_timeout" => c.hold_timeout = parse_duration(value)?,
             "upstream_timeout" => c.upstream_timeout = parse_duration(value)?,
             "batch_max" => c.batch_max = parse_int(value, 1, MAX_BATCH as i64)? as usize,
+            "batch_hold" => c.batch_hold = parse_duration(value)?,
+            "batch_in_flight" => c.batch_in_flight = parse_int(value, 1, 1024)? as usize,
             "max_backends" => c.max_backends = parse_int(value, 1, 1_000_000)? as usize,
             "backend_output_limit" => c.backend_output_limit = parse_bytes(value)? as usize,
             "metrics_port" => c.metrics_port = parse_port(value, 0)?,

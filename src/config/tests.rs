@@ -44,6 +44,8 @@ fn defaults() {
     assert_eq!(c.hold_timeout, Duration::from_secs(30));
     assert_eq!(c.upstream_timeout, Duration::from_secs(10));
     assert_eq!(c.batch_max, 1024);
+    assert_eq!(c.batch_hold, Duration::from_millis(2));
+    assert_eq!(c.batch_in_flight, 1);
     assert_eq!(c.max_backends, 20_000);
     assert_eq!(c.backend_output_limit, 1024 * 1024);
     assert_eq!(c.metrics_port, 0);
@@ -80,6 +82,8 @@ fn every_key() {
          hold_timeout = 45
          upstream_timeout = 0
          batch_max = 16384
+         batch_hold = 0
+         batch_in_flight = 4
          max_backends = 300
          backend_output_limit = 65536
          metrics_port = 9187
@@ -113,6 +117,8 @@ fn every_key() {
     assert_eq!(c.hold_timeout, Duration::from_secs(45));
     assert_eq!(c.upstream_timeout, Duration::ZERO);
     assert_eq!(c.batch_max, 16384);
+    assert_eq!(c.batch_hold, Duration::ZERO);
+    assert_eq!(c.batch_in_flight, 4);
     assert_eq!(c.max_backends, 300);
     assert_eq!(c.backend_output_limit, 65536);
     assert_eq!(c.metrics_port, 9187);
@@ -265,6 +271,9 @@ fn out_of_range_names_file_line_key() {
         ("worker_threads = 0", "worker_threads"),
         ("batch_max = 0", "batch_max"),
         ("batch_max = 16385", "batch_max"),
+        ("batch_in_flight = 0", "batch_in_flight"),
+        ("batch_in_flight = 1025", "batch_in_flight"),
+        ("batch_hold = -1", "batch_hold"),
         ("max_backends = 0", "max_backends"),
         ("keepalives_count = -1", "keepalives_count"),
         ("gtm_connect_retry_count = 99999999999999999999999", "gtm_connect_retry_count"),

@@ -4,6 +4,8 @@
 //! ## Batch boundary policy
 //! A worker collects requests while it handles the readiness events of one
 //! `poll` round and flushes once the round is drained ([`Batcher::flush`]).
+//! MULTI types the coalescing policy ([`super::coalesce`]) decided to hold
+//! are marked in [`Batcher::keep`] and stay queued for a later round.
 //! A group that reaches `max` elements is cut into several MULTI frames of
 //! at most `max` elements each, so no frame exceeds the GTM's 16384-element
 //! arrays and a group is never empty. Batches are pipelined: a flush does not
@@ -21,6 +23,7 @@ use std::collections::VecDeque;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::admission::Grouped;
+use super::coalesce::{BatchSizes, Kind, Release};
 use crate::codec::frame::{self, TAG_RESULT};
 use crate::codec::types::status;
 use crate::codec::{
@@ -80,6 +83,17 @@ impl Pending {
         self.len() == 0
     }
 
+    /// The MULTI type of this frame (None for a forward).
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            Pending::Forward(_) => None,
+            Pending::Begin(_) => Some(Kind::Begin),
+            Pending::Commit(_) => Some(Kind::Commit),
+            Pending::Rollback(_) => Some(Kind::Rollback),
+            Pending::Snapshot(_) => Some(Kind::Snapshot),
+        }
+    }
+
     /// The proxy header the GTM will echo in the answer.
     fn header(&self) -> i16 {
         match self {
@@ -114,6 +128,20 @@ pub struct Batcher {
     pub rollbacks: Vec<(Route, u32)>,
     pub snapshots: Vec<(Route, u32)>,
     pub disconnects: Vec<(i16, Request)>,
+    /// MULTI types (by [`Kind`] index) the next flush keeps queued; set by
+    /// the flush decision, cleared by [`Batcher::flush`].
+    pub keep: Release,
+    /// Elements per MULTI sent, per type.
+    pub sizes: BatchSizes,
+}
+
+/// MULTIs of each type among `owed` (frames awaiting an answer).
+pub fn in_flight<'a>(owed: impl Iterator<Item = &'a Pending>) -> [usize; 4] {
+    let mut n = [0; 4];
+    for k in owed.filter_map(Pending::kind) {
+        n[k as usize] += 1;
+    }
+    n
 }
 
 impl Batcher {
@@ -129,6 +157,11 @@ impl Batcher {
     /// Requests waiting to be sent (disconnects excluded).
     pub fn len(&self) -> usize {
         self.forwards.len() + self.begins.len() + self.commits.len() + self.rollbacks.len() + self.snapshots.len()
+    }
+
+    /// Grouped elements queued, per type.
+    pub fn queued(&self) -> [usize; 4] {
+        [self.begins.len(), self.commits.len(), self.rollbacks.len(), self.snapshots.len()]
     }
 
     /// Queue one element of a grouped request.
@@ -179,16 +212,23 @@ impl Batcher {
         out
     }
 
-    /// Write everything collected as upstream frames, followed by one `F`, and
-    /// record what each frame owes in `fifo`. `max` caps MULTI sizes
-    /// (1..=16384). Returns the number of frames that owe an answer.
+    /// Write everything collected as upstream frames — except the MULTI
+    /// types marked in [`Batcher::keep`], which stay queued — followed by one
+    /// `F`, and record what each frame owes in `fifo`. `max` caps MULTI sizes
+    /// (1..=16384). Returns the number of frames that owe an answer. Writes
+    /// nothing at all when nothing is sent.
     pub fn flush(&mut self, max: usize, out: &mut BytesMut, fifo: &mut VecDeque<Pending>) -> usize {
+        let keep = std::mem::take(&mut self.keep);
         if self.is_empty() {
             return 0;
         }
         let max = max.clamp(1, crate::codec::types::MAX_GLOBAL_TRANSACTIONS);
+        let sizes = &mut self.sizes;
         let mut frames = 0;
         let mut emit = |p: Pending, out: &mut BytesMut, fifo: &mut VecDeque<Pending>| {
+            if let Some(k) = p.kind() {
+                sizes.record(k, p.len());
+            }
             p.encode(out);
             fifo.push_back(p);
             frames += 1;
@@ -196,22 +236,30 @@ impl Batcher {
         for f in self.forwards.drain(..) {
             emit(Pending::Forward(f), out, fifo);
         }
-        for chunk in take_chunks(&mut self.begins, max) {
-            emit(Pending::Begin(chunk), out, fifo);
+        if !keep[Kind::Begin as usize] {
+            for chunk in take_chunks(&mut self.begins, max) {
+                emit(Pending::Begin(chunk), out, fifo);
+            }
         }
-        for chunk in take_chunks(&mut self.commits, max) {
-            emit(Pending::Commit(chunk), out, fifo);
+        let gxid_groups = [
+            (Kind::Commit, &mut self.commits, Pending::Commit as fn(_) -> _),
+            (Kind::Rollback, &mut self.rollbacks, Pending::Rollback),
+            (Kind::Snapshot, &mut self.snapshots, Pending::Snapshot),
+        ];
+        for (kind, queue, make) in gxid_groups {
+            if !keep[kind as usize] {
+                for chunk in take_chunks(queue, max) {
+                    emit(make(chunk), out, fifo);
+                }
+            }
         }
-        for chunk in take_chunks(&mut self.rollbacks, max) {
-            emit(Pending::Rollback(chunk), out, fifo);
-        }
-        for chunk in take_chunks(&mut self.snapshots, max) {
-            emit(Pending::Snapshot(chunk), out, fifo);
-        }
+        let goodbyes = self.disconnects.len();
         for (conn, req) in self.disconnects.drain(..) {
             encode_command(out, Some(conn), &req);
         }
-        encode_flush(out);
+        if frames > 0 || goodbyes > 0 {
+            encode_flush(out);
+        }
         frames
     }
 }
@@ -531,6 +579,35 @@ mod tests {
         let mut fifo = VecDeque::new();
         b.flush(usize::MAX, &mut BytesMut::new(), &mut fifo);
         assert_eq!(fifo.iter().map(Pending::len).collect::<Vec<_>>(), vec![16384, 20000 - 16384]);
+    }
+
+    #[test]
+    fn kept_types_stay_queued_and_the_rest_goes() {
+        let mut b = Batcher::default();
+        b.begins.push((r(0), begin(b"\0")));
+        b.snapshots.push((r(1), 7));
+        b.snapshots.push((r(2), 8));
+        b.commits.push((r(3), 9));
+        b.keep = [false, true, false, true];
+        let mut fifo = VecDeque::new();
+        let mut out = BytesMut::new();
+        assert_eq!(b.flush(1024, &mut out, &mut fifo), 1);
+        assert_eq!(fifo.iter().map(|p| p.kind()).collect::<Vec<_>>(), vec![Some(Kind::Begin)]);
+        assert_eq!(b.queued(), [0, 1, 0, 2]);
+        assert_eq!(in_flight(fifo.iter()), [1, 0, 0, 0]);
+        // Only kept work queued: nothing is written, not even F.
+        b.keep = [true; 4];
+        let mut out = BytesMut::new();
+        assert_eq!(b.flush(1024, &mut out, &mut fifo), 0);
+        assert!(out.is_empty());
+        // The mark is for one flush only; the held elements go in arrival order.
+        assert_eq!(b.flush(1024, &mut out, &mut fifo), 2);
+        assert_eq!(b.queued(), [0; 4]);
+        assert_eq!(fifo[2], Pending::Snapshot(vec![(r(1), 7), (r(2), 8)]));
+        assert_eq!(in_flight(fifo.iter()), [1, 1, 0, 1]);
+        let sizes = &b.sizes.by_kind;
+        assert_eq!((sizes[0].len(), sizes[1].len(), sizes[3].len()), (1, 1, 1));
+        assert_eq!(sizes[3].max(), 2);
     }
 
     /// Each backend's answer to `f`, as the bytes it would receive.

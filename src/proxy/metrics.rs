@@ -22,6 +22,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::acceptor::RateLimit;
+use super::coalesce::BatchSizes;
 use super::worker::WorkerStats;
 
 /// Longest accepted request head.
@@ -269,6 +270,9 @@ pub fn render(workers: &[Arc<WorkerStats>]) -> String {
             let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(w));
         }
     }
+    let sizes: Vec<BatchSizes> =
+        workers.iter().map(|w| w.batch_sizes.lock().map(|s| s.clone()).unwrap_or_default()).collect();
+    BatchSizes::write_prometheus(&mut out, &sizes);
     out
 }
 

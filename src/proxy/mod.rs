@@ -17,6 +17,7 @@ pub mod access;
 pub mod admission;
 pub mod backend;
 pub mod batch;
+pub mod coalesce;
 pub mod failover;
 pub mod ids;
 pub mod ledger;

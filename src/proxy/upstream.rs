@@ -169,6 +169,11 @@ impl Upstream {
         self.fifo.len()
     }
 
+    /// The frames that owe an answer, oldest first.
+    pub fn owed_frames(&self) -> impl Iterator<Item = &Pending> {
+        self.fifo.iter()
+    }
+
     /// The oldest frame that owes an answer.
     pub fn pop_owed(&mut self) -> Option<Pending> {
         self.fifo.pop_front()

@@ -17,7 +17,7 @@ use super::replay::{self, Rule, MAX_REPLAYS, OUTCOME_UNKNOWN};
 use super::resolve::Resolver;
 use super::{TimerKind, Work, Worker, INTERNAL, UPSTREAM};
 use crate::codec::{Request, ServerFrame};
-use crate::proxy::batch::{split_answer, Pending, Route};
+use crate::proxy::batch::{self, split_answer, Pending, Route};
 use crate::proxy::failover::Action;
 use crate::proxy::ledger::GxState;
 use crate::proxy::upstream::{Incoming, LinkError};
@@ -178,9 +178,25 @@ impl Worker {
         }
     }
 
+    /// Send what the round collected. The coalescing policy decides per
+    /// MULTI type whether to send now or let it grow behind the MULTI in
+    /// flight; a held type is decided again when an answer arrives (every
+    /// round ends here) or when its hold budget runs out (a timer).
     pub(super) fn flush_batch(&mut self) {
         if !self.up.is_ready() || self.batch.is_empty() {
             return;
+        }
+        let now = Instant::now();
+        let owed = batch::in_flight(self.up.owed_frames());
+        let (release, wake) = self.coalesce.plan(now, self.batch.queued(), owed, self.cfg.batch_max);
+        self.batch.keep = release.map(|r| !r);
+        if let Some(at) = wake {
+            if self.coalesce_timer.is_none_or(|(_, armed)| at < armed) {
+                if let Some((t, _)) = self.coalesce_timer.take() {
+                    self.timers.cancel(t);
+                }
+                self.coalesce_timer = Some((self.timers.arm(at, TimerKind::Coalesce), at));
+            }
         }
         if let Err(e) = self.up.send_batch(&mut self.batch, self.cfg.batch_max) {
             self.link_failed(e);

@@ -26,7 +26,7 @@ mod resolve;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -36,6 +36,7 @@ use slab::Slab;
 
 use super::backend::{Backend, READ_CHUNK};
 use super::batch::{Batcher, Route};
+use super::coalesce::{BatchSizes, Coalescer, HoldPolicy};
 use super::failover::{Failover, Policy};
 use super::ids::ConnIds;
 use super::ledger::{HighWater, Ledger};
@@ -104,12 +105,16 @@ pub struct WorkerStats {
     pub in_flight: AtomicUsize,
     /// GXIDs in the ledger.
     pub ledger_gxids: AtomicUsize,
+    /// Elements per MULTI sent, per type; the worker adds its counts every tick.
+    pub batch_sizes: Mutex<BatchSizes>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKind {
     Tick,
     Failover,
+    /// A held MULTI type's budget runs out: the round's flush decides again.
+    Coalesce,
 }
 
 /// Route of the proxy's own requests (rollbacks of GXIDs it refuses or
@@ -158,6 +163,10 @@ pub struct Worker {
     ids: ConnIds<Request>,
     up: Upstream,
     batch: Batcher,
+    /// When held MULTI types are sent (see [`super::coalesce`]).
+    coalesce: Coalescer,
+    /// The timer that wakes the loop for the earliest hold deadline.
+    coalesce_timer: Option<(TimerId, Instant)>,
     work: WorkLists,
     timers: Timers<TimerKind>,
     failover: Failover,
@@ -206,6 +215,7 @@ impl Worker {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let up = Upstream::new(cfg.gtm_host.clone(), cfg.gtm_port, cfg.nodename.clone(), super::keepalive_of(&cfg));
         let policy = Policy::from_config(&cfg);
+        let coalesce = Coalescer::new(HoldPolicy::from_config(&cfg));
         let w = Worker {
             id,
             poll,
@@ -215,6 +225,8 @@ impl Worker {
             backends: Slab::new(),
             up,
             batch: Batcher::default(),
+            coalesce,
+            coalesce_timer: None,
             work: WorkLists::default(),
             timers: Timers::new(),
             failover: Failover::new(policy, jitter_seed(id)),
@@ -290,6 +302,18 @@ impl Worker {
         s.ledger_gxids.store(self.ledger.len(), Ordering::Relaxed);
     }
 
+    /// Hand the MULTI sizes counted since the last tick to the shared stats.
+    /// Never waits: if the metrics reader holds the lock, the next tick does it.
+    fn publish_batch_sizes(&mut self) {
+        if self.batch.sizes.is_empty() {
+            return;
+        }
+        if let Ok(mut shared) = self.stats.batch_sizes.try_lock() {
+            shared.add(&self.batch.sizes);
+            self.batch.sizes.reset();
+        }
+    }
+
     fn finished(&mut self) -> bool {
         let Some((mode, since)) = self.stopping else { return false };
         match mode {
@@ -336,6 +360,7 @@ impl Worker {
                 }
                 Control::Reload(cfg) => {
                     self.failover.policy = Policy::from_config(&cfg);
+                    self.coalesce.policy = HoldPolicy::from_config(&cfg);
                     self.up.set_keepalive(super::keepalive_of(&cfg));
                     self.cfg = cfg;
                     info!("worker {}: configuration reloaded", self.id);
@@ -355,6 +380,7 @@ impl Worker {
         match t {
             TimerKind::Tick => {
                 self.timers.arm_in(now, TICK, TimerKind::Tick);
+                self.publish_batch_sizes();
                 let limit = self.cfg.upstream_timeout;
                 if !limit.is_zero() && self.up.silent_longer_than(now, limit) {
                     let n = self.up.owed();
@@ -370,6 +396,7 @@ impl Worker {
                 }
                 self.expire_backends(now);
             }
+            TimerKind::Coalesce => self.coalesce_timer = None,
             TimerKind::Failover => {
                 self.failover_timer = None;
                 if self.up.is_down() {

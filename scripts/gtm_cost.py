@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""GTM cost per transaction through a proxy: ours (coalescing and full
+pipelining) against XL's C gtm_proxy, against the real XL gtm or gtm_sim;
+the cluster-scale table (K proxies x M backends against one GTM); the proxy's
+idle memory. Prints one JSON object on stdout; progress goes to stderr.
+
+It builds nothing: it takes binary directories as arguments.
+
+  scripts/gtm_cost.py compare --ours target/release --xl /work/pgxl/inst/bin --gtm xl
+  scripts/gtm_cost.py compare --ours target/release --xl /work/pgxl/inst/bin --gtm sim
+  scripts/gtm_cost.py cluster --ours target/release --gtm sim --total 1000
+  scripts/gtm_cost.py idle --ours target/release --backends 10000
+
+compare: 1 proxy worker, BACKENDS backends (gtm_bench), the proxies taken in
+turn within each repetition (interleaved), REPS repetitions, medians.
+GTM CPU and proxy CPU come from /proc/<pid>/stat (utime+stime) sampled
+during the bench's measured window; per transaction = CPU rate / txn rate.
+Ratios are taken against XL's C proxy within the same run.
+
+The real gtm and XL's proxy run as user `pgxl` (`su pgxl -c`), data
+directories under --run-dir (owned by pgxl, mode 700), loopback only.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def log(*a):
+    print("gtm_cost:", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=15.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def cpu_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def find_pid(needle, owner_uid=None, timeout=10.0):
+    """PID of the process whose command line contains `needle`."""
+    end = time.time() + timeout
+    me = os.getpid()
+    while time.time() < end:
+        for d in os.listdir("/proc"):
+            if not d.isdigit() or int(d) == me:
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                if owner_uid is not None and os.stat(f"/proc/{d}").st_uid != owner_uid:
+                    continue
+            except OSError:
+                continue
+            if needle in cmd and not cmd.startswith("su ") and "bash -c" not in cmd:
+                return int(d)
+        time.sleep(0.1)
+    return None
+
+
+class Server:
+    """A server process we started; stopped by its own PID."""
+
+    def __init__(self, name, popen, pid, port, metrics_port=None, data_dir=None):
+        self.name, self.popen, self.pid, self.port = name, popen, pid, port
+        self.metrics_port, self.data_dir = metrics_port, data_dir
+
+    def multi_sizes(self):
+        """Mean elements per MULTI by type, from our proxy's metrics."""
+        if not self.metrics_port:
+            return None
+        try:
+            with socket.create_connection(("127.0.0.1", self.metrics_port), timeout=3) as s:
+                s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+        except OSError:
+            return None
+        sums, counts = {}, {}
+        for line in data.decode(errors="replace").splitlines():
+            for prefix, into in (("gtm_proxy_multi_size_sum{", sums), ("gtm_proxy_multi_size_count{", counts)):
+                if line.startswith(prefix):
+                    t = line.split('type="', 1)[1].split('"', 1)[0]
+                    into[t] = into.get(t, 0) + float(line.rsplit(" ", 1)[1])
+        return {t: {"multis": int(counts[t]), "mean": round(sums[t] / counts[t], 1)} for t in counts if counts[t]}
+
+    def stop(self):
+        for sig in (15, 9):
+            if self.pid and cpu_ticks(self.pid) is not None:
+                try:
+                    os.kill(self.pid, sig)
+                except OSError:
+                    pass
+                for _ in range(50):
+                    if cpu_ticks(self.pid) is None:
+                        break
+                    time.sleep(0.1)
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+        if self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def pgxl_uid():
+    import pwd
+
+    return pwd.getpwnam("pgxl").pw_uid
+
+
+def pgxl_dir(run_dir, name):
+    d = os.path.join(run_dir, name)
+    if os.path.exists(d):
+        shutil.rmtree(d)
+    os.makedirs(d)
+    return d
+
+
+def pgxl_own(d):
+    subprocess.run(["chown", "-R", "pgxl:pgxl", d], check=True)
+    os.chmod(d, 0o700)
+
+
+def start_xl_gtm(xl, run_dir):
+    d = pgxl_dir(run_dir, f"gtm_cost_gtm_{os.getpid()}")
+    port = free_port()
+    with open(os.path.join(d, "gtm.conf"), "w") as f:
+        f.write(f"nodename = 'gtm_cost'\nlisten_addresses = '127.0.0.1'\nport = {port}\n")
+    open(os.path.join(d, "gtm.control"), "w").close()
+    pgxl_own(d)
+    cmd = f"exec nice -n 5 {xl}/gtm -D {d} -l gtm.log"
+    p = subprocess.Popen(["su", "pgxl", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = find_pid(f"{xl}/gtm -D {d}", pgxl_uid())
+    if not pid or not wait_port(port):
+        raise RuntimeError("XL gtm did not start")
+    return Server("xl_gtm", p, pid, port, data_dir=d)
+
+
+def start_sim(ours, tag):
+    d = tempfile.mkdtemp(prefix=f"gtm_cost_{tag}_")
+    port = free_port()
+    cmd = ["nice", "-n", "5", f"{ours}/gtm_sim", "-h", "127.0.0.1", "-p", str(port), "-D", d, "--log-level", "warn"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_port(port):
+        p.kill()
+        raise RuntimeError("gtm_sim did not start")
+    return Server("gtm_sim", p, p.pid, port, data_dir=d)
+
+
+def start_ours(ours, gtm_port, tag, hold_ms, workers=1):
+    d = tempfile.mkdtemp(prefix=f"gtm_cost_{tag}_")
+    port, mport = free_port(), free_port()
+    with open(os.path.join(d, "gtm_proxy.conf"), "w") as f:
+        f.write(
+            f"nodename = '{tag}'\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
+            f"gtm_host = '127.0.0.1'\ngtm_port = {gtm_port}\nworker_threads = {workers}\n"
+            f"batch_hold = {hold_ms}ms\nmax_backends = 100000\nmetrics_port = {mport}\n"
+        )
+    p = subprocess.Popen(
+        ["nice", "-n", "5", f"{ours}/gtm_proxy", "-D", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    if not wait_port(port):
+        p.kill()
+        raise RuntimeError(f"our gtm_proxy ({tag}) did not start; see {d}")
+    return Server(tag, p, p.pid, port, mport, data_dir=d)
+
+
+def start_xl_proxy(xl, run_dir, gtm_port, tag):
+    d = pgxl_dir(run_dir, f"gtm_cost_{tag}_{os.getpid()}")
+    port = free_port()
+    with open(os.path.join(d, "gtm_proxy.conf"), "w") as f:
+        f.write(
+            f"nodename = '{tag}'\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
+            f"gtm_host = '127.0.0.1'\ngtm_port = {gtm_port}\nworker_threads = 1\n"
+        )
+    pgxl_own(d)
+    cmd = f"exec nice -n 5 {xl}/gtm_proxy -D {d}"
+    p = subprocess.Popen(["su", "pgxl", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = find_pid(f"{xl}/gtm_proxy -D {d}", pgxl_uid())
+    if not pid or not wait_port(port):
+        raise RuntimeError("XL gtm_proxy did not start")
+    return Server(tag, p, pid, port, data_dir=d)
+
+
+class Sampler(threading.Thread):
+    """CPU ticks of some PIDs every 100 ms, with timestamps."""
+
+    def __init__(self, pids):
+        super().__init__(daemon=True)
+        self.pids, self.samples, self.stop_flag = pids, [], False
+
+    def run(self):
+        while not self.stop_flag:
+            self.samples.append((time.time(), [cpu_ticks(p) for p in self.pids]))
+            time.sleep(0.1)
+
+    def rate(self, t0, t1):
+        """CPU seconds per second of each PID between t0 and t1."""
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2:
+            return [None] * len(self.pids)
+        (a_t, a), (b_t, b) = inside[0], inside[-1]
+        return [
+            None if x is None or y is None else (y - x) / CLK / (b_t - a_t) for x, y in zip(a, b)
+        ]
+
+
+BENCH_ARGS = []
+
+
+def bench(ours, ports, backends, duration, warmup, watch, think_us=0):
+    """Run one gtm_bench per port (backends split evenly) at once; return
+    their summaries and the CPU rate of each watched PID in the window
+    where all of them measured."""
+    sampler = Sampler(watch)
+    sampler.start()
+    procs = []
+    for port in ports:
+        out = tempfile.NamedTemporaryFile(prefix="gtm_cost_bench_", suffix=".json", delete=False)
+        cmd = ["nice", "-n", "5", f"{ours}/gtm_bench", "--port", str(port), "--backends", str(backends // len(ports))]
+        cmd += ["--duration", str(duration), "--warmup", str(warmup), "--json", out.name, "--think-us", str(think_us)]
+        cmd += BENCH_ARGS
+        procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out.name))
+    for p, _ in procs:
+        p.wait()
+    end = time.time()
+    sampler.stop_flag = True
+    sampler.join()
+    results = []
+    for _, path in procs:
+        try:
+            with open(path) as f:
+                results.append(json.load(f))
+        except (OSError, ValueError) as e:
+            results.append({"ok": False, "fatal": str(e)})
+        os.unlink(path)
+    # The measured window ends as the bench stops; leave its teardown out.
+    t1 = end - 0.3
+    t0 = t1 - duration + 0.5
+    return results, sampler.rate(t0, t1)
+
+
+def summarize(results, rates, names):
+    ok = all(r.get("ok") for r in results)
+    tps = sum(r.get("txn_per_s") or 0 for r in results)
+    p99 = max((r.get("latency_us", {}).get("txn", {}).get("p99") or 0) for r in results)
+    out = {"ok": ok, "txn_per_s": round(tps, 1), "txn_p99_us": p99}
+    out["errors"] = sum(r.get("errors", {}).get("total", 0) for r in results)
+    for name, rate in zip(names, rates):
+        out[f"{name}_cpu_us_per_txn"] = None if rate is None or not tps else round(rate * 1e6 / tps, 3)
+    return out
+
+
+def median_of(runs, key):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def cmd_compare(a):
+    gtm = start_xl_gtm(a.xl, a.run_dir) if a.gtm == "xl" else start_sim(a.ours, "sim")
+    log(f"GTM ({a.gtm}) pid {gtm.pid} port {gtm.port}")
+    setups = {
+        "xl_proxy": lambda: start_xl_proxy(a.xl, a.run_dir, gtm.port, "gtm_cost_xlpx"),
+        "ours_coalescing": lambda: start_ours(a.ours, gtm.port, "ours_coalesce", a.hold_ms),
+        "ours_pipelining": lambda: start_ours(a.ours, gtm.port, "ours_pipeline", 0),
+    }
+    runs = {k: [] for k in setups}
+    try:
+        for rep in range(a.reps):
+            for name, start in setups.items():
+                px = start()
+                try:
+                    log(f"rep {rep + 1}/{a.reps}: {name}")
+                    res, rates = bench(a.ours, [px.port], a.backends, a.duration, a.warmup, [gtm.pid, px.pid])
+                    s = summarize(res, rates, ["gtm", "proxy"])
+                    s["proxy_rss_kib"] = rss_kib(px.pid)
+                    s["multi_sizes"] = px.multi_sizes()
+                    runs[name].append(s)
+                    log(json.dumps(s))
+                finally:
+                    px.stop()
+    finally:
+        gtm.stop()
+    keys = ["gtm_cpu_us_per_txn", "proxy_cpu_us_per_txn", "txn_p99_us", "txn_per_s"]
+    med = {n: {k: median_of(r, k) for k in keys} for n, r in runs.items()}
+    ratios = {}
+    for n in ("ours_coalescing", "ours_pipelining"):
+        ratios[n] = {
+            k: (round(med[n][k] / med["xl_proxy"][k], 3) if med[n][k] and med["xl_proxy"][k] else None) for k in keys
+        }
+    return {
+        "mode": "compare",
+        "gtm": a.gtm,
+        "params": vars(a) | {"func": None},
+        "ok": all(r["ok"] for rs in runs.values() for r in rs),
+        "medians": med,
+        "ratio_to_xl_proxy": ratios,
+        "runs": runs,
+    }
+
+
+def cmd_cluster(a):
+    gtm = start_xl_gtm(a.xl, a.run_dir) if a.gtm == "xl" else start_sim(a.ours, "sim")
+    log(f"GTM ({a.gtm}) pid {gtm.pid} port {gtm.port}")
+    table = []
+    try:
+        for k in a.proxies:
+            for mode, hold in (("ours_coalescing", a.hold_ms), ("ours_pipelining", 0), ("direct", None)):
+                pxs = []
+                try:
+                    if hold is not None:
+                        pxs = [start_ours(a.ours, gtm.port, f"c{k}_{i}", hold) for i in range(k)]
+                    ports = [p.port for p in pxs] or [gtm.port] * k
+                    log(f"K={k} M={a.total // k}: {mode}")
+                    res, rates = bench(a.ours, ports, a.total, a.duration, a.warmup, [gtm.pid] + [p.pid for p in pxs])
+                    s = summarize(res, rates[:1], ["gtm"])
+                    px_rates = [r for r in rates[1:] if r is not None]
+                    if px_rates and s["txn_per_s"]:
+                        s["proxies_cpu_us_per_txn"] = round(sum(px_rates) * 1e6 / s["txn_per_s"], 3)
+                    row = {"K": k, "M": a.total // k, "mode": mode} | s
+                    table.append(row)
+                    log(json.dumps(row))
+                finally:
+                    for p in pxs:
+                        p.stop()
+    finally:
+        gtm.stop()
+    return {"mode": "cluster", "gtm": a.gtm, "params": vars(a) | {"func": None}, "table": table}
+
+
+def cmd_idle(a):
+    gtm = start_sim(a.ours, "idle_sim")
+    px = start_ours(a.ours, gtm.port, "idle_proxy", a.hold_ms)
+    try:
+        time.sleep(0.5)
+        at0 = rss_kib(px.pid)
+        log(f"{a.backends} backends, one transaction each, then thinking")
+        cmd = ["nice", "-n", "5", f"{a.ours}/gtm_bench", "--port", str(px.port), "--backends", str(a.backends)]
+        cmd += ["--duration", "8", "--warmup", "1", "--think-us", "60000000", "--json", "/dev/null"]
+        b = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(6)
+        at_n = rss_kib(px.pid)
+        b.wait()
+    finally:
+        px.stop()
+        gtm.stop()
+    return {
+        "mode": "idle",
+        "backends": a.backends,
+        "proxy_rss_kib_idle_0": at0,
+        "proxy_rss_kib_idle_n": at_n,
+        "kib_per_backend": round((at_n - at0) / a.backends, 3) if at0 and at_n else None,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(required=True)
+    for name, fn in (("compare", cmd_compare), ("cluster", cmd_cluster), ("idle", cmd_idle)):
+        p = sub.add_parser(name)
+        p.set_defaults(func=fn)
+        p.add_argument("--ours", required=True, help="directory with gtm_proxy, gtm_sim, gtm_bench")
+        p.add_argument("--hold-ms", type=int, default=2, help="batch_hold of the coalescing proxy")
+        if name != "idle":
+            p.add_argument("--xl", default="/work/pgxl/inst/bin", help="directory with XL's gtm and gtm_proxy")
+            p.add_argument("--gtm", choices=["xl", "sim"], default="sim")
+            p.add_argument("--run-dir", default="/work/pgxl/run")
+            p.add_argument("--duration", type=int, default=10)
+            p.add_argument("--warmup", type=int, default=2)
+            p.add_argument("--bench-arg", action="append", default=[], help="extra gtm_bench option (repeatable)")
+        if name == "compare":
+            p.add_argument("--backends", type=int, default=1000)
+            p.add_argument("--reps", type=int, default=3)
+        if name == "cluster":
+            p.add_argument("--total", type=int, default=1000, help="K*M, backends in all")
+            p.add_argument("--proxies", type=int, nargs="+", default=[1, 2, 4, 8])
+        if name == "idle":
+            p.add_argument("--backends", type=int, default=10000)
+    a = ap.parse_args()
+    BENCH_ARGS.extend(getattr(a, "bench_arg", []))
+    out = a.func(a)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
