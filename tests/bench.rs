@@ -12,12 +12,14 @@
 //! Every loop here is bounded in time: the fake stops when dropped, and
 //! every process a test starts is killed on every path (a guard's Drop).
 
+mod harness;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -27,6 +29,7 @@ use bytes::BytesMut;
 use gtmproxy::codec::frame::{self, DEFAULT_MAX_FRAME};
 use gtmproxy::codec::types::node_type;
 use gtmproxy::codec::*;
+use harness::{command, raise_fd_limit, run_bounded, Daemon};
 use serde_json::Value;
 
 /// How the fake GTM misbehaves.
@@ -244,43 +247,11 @@ fn answer(st: &FakeState, req: Request, out: &mut BytesMut) -> bool {
     true
 }
 
-/// A child process killed when dropped (on panics too).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Run `exe args` with output captured, killed if it outlives `limit`.
 fn run_limited(exe: &Path, args: &[&str], limit: Duration) -> Output {
-    let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("RUST_LOG");
-    let mut guard = Guard(cmd.spawn().unwrap());
-    // Drain both pipes on threads so a chatty child never blocks on a full pipe.
-    let mut so = guard.0.stdout.take().unwrap();
-    let mut se = guard.0.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(st) = guard.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "{} {args:?} still running after {limit:?}", exe.display());
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+    let mut cmd = command(&exe.display().to_string());
+    cmd.args(args);
+    run_bounded(cmd, limit)
 }
 
 fn exe() -> &'static Path {
@@ -514,33 +485,12 @@ fn spawn_sim_via_proxy_works_without_sibling_binaries() {
     assert_eq!(names, ["gtm_bench", "gtm_sim", "gtm_proxy"], "{j:#}");
 }
 
-/// A gtm_sim started by the test itself, on a free port.
-fn start_sim(dir: &Path) -> (Guard, SocketAddr) {
-    let p = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], p));
-    let child = Command::new(env!("CARGO_BIN_EXE_gtm_sim"))
-        .args(["-h", "127.0.0.1", "-p", &p.to_string(), "-D", dir.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = Guard(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "gtm_sim did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (guard, addr)
-}
-
 #[test]
 fn any_target_with_a_watched_pid() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (sim, addr) = start_sim(tmp.path());
+    let sim = Daemon::sim(&[]);
+    let addr = sim.addr;
     let t = format!("--target=mygtm={addr}");
-    let w = format!("--watch-pid=mygtm={}", sim.0.id());
+    let w = format!("--watch-pid=mygtm={}", sim.pid());
     let (out, j) = bench(&[&t, &w, "-c", "20", "-T", "1s", "--warmup", "0s"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
     assert_eq!(j["target"]["label"], "mygtm");
@@ -548,7 +498,7 @@ fn any_target_with_a_watched_pid() {
     assert_eq!(j["target"]["spawned"], serde_json::json!([]));
     let cpu = j["cpu"].as_array().unwrap();
     let mine = cpu.iter().find(|c| c["name"] == "mygtm").unwrap_or_else(|| panic!("{j:#}"));
-    assert_eq!(mine["pid"], sim.0.id());
+    assert_eq!(mine["pid"], sim.pid());
     assert!(mine["cpu_s"].as_f64().is_some());
 }
 
@@ -657,26 +607,14 @@ fn scenario_failover_reports_a_timeline_and_writes_a_plot() {
     assert!(stat.is_empty() || stat.contains(") Z "), "standby gone: {stat}");
 }
 
-/// Raise this process's open-file limit to `want` if the hard limit allows.
-fn raise_nofile(want: u64) -> bool {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only access the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_max < want {
-            return false;
-        }
-        lim.rlim_cur = lim.rlim_cur.max(want);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
-    }
-}
-
 /// The bench must hold 10,000 connections at once, connecting them on a
 /// ramp with progress lines (the fake GTM's side lives in this test process,
 /// one thread each). A machine that cannot give 10,300 descriptors fails
 /// this test, as it fails tests/proxy_scale.rs: the promise is not checked there.
 #[test]
 fn ten_thousand_connections_on_a_ramp() {
-    assert!(raise_nofile(10_300), "the open-file hard limit is below 10,300: raise it (ulimit -Hn) to run this test");
+    let limit = raise_fd_limit();
+    assert!(limit >= 10_300, "open-file limit {limit} is below 10,300: raise it (ulimit -Hn) to run this test");
     let gtm = FakeGtm::start(Fault::None);
     let t = target(gtm.addr);
     // A long think time keeps the thread-per-connection fake from being the bottleneck.
