@@ -104,9 +104,43 @@ pub fn sibling_binary(name: &str) -> io::Result<PathBuf> {
 
 /// A free loopback port: bound, noted and released (another process could
 /// take it in between; the start then fails clearly instead of hanging).
+///
+/// Taken below the kernel's ephemeral range when it can be: a scenario
+/// that kills the simulator and starts another on the same port would
+/// otherwise race every client connecting meanwhile, since a freed
+/// ephemeral port is soon handed to some outgoing connection, and its
+/// bind then fails with "address in use" (seen once in seven runs).
 pub fn free_port(ip: std::net::IpAddr) -> Result<u16, SpawnError> {
+    let (low, _) = ephemeral_range();
+    let floor = 10_000u16;
+    if low > floor + 100 {
+        let span = u32::from(low - floor);
+        let mut x = std::process::id()
+            ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        for _ in 0..200 {
+            // xorshift: a different walk for each process and call.
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let port = floor + (x % span) as u16;
+            if TcpListener::bind(SocketAddr::new(ip, port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(SpawnError::Port)?;
     Ok(l.local_addr().map_err(SpawnError::Port)?.port())
+}
+
+/// The kernel's ephemeral port range (Linux's default when unreadable).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 /// A data directory: a fresh temporary one (removed on drop) or one the
@@ -321,6 +355,15 @@ mod tests {
 
     fn sh() -> Program {
         Program::Path(PathBuf::from("/bin/sh"))
+    }
+
+    #[test]
+    fn spawned_ports_stay_below_the_ephemeral_range() {
+        let (low, _) = ephemeral_range();
+        for _ in 0..20 {
+            let p = free_port([127, 0, 0, 1].into()).unwrap();
+            assert!(p < low || low <= 10_100, "port {p} is in the ephemeral range starting at {low}");
+        }
     }
 
     #[test]
