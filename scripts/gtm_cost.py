@@ -169,13 +169,7 @@ def start_xl_gtm(xl, run_dir):
     with open(os.path.join(d, "gtm.conf"), "w") as f:
         f.write(f"nodename = 'gtm_cost'\nlisten_addresses = '127.0.0.1'\nport = {port}\n")
     open(os.path.join(d, "gtm.control"), "w").close()
-    pgxl_own(d)
-    cmd = f"exec nice -n 5 {xl}/gtm -D {d} -l gtm.log"
-    p = subprocess.Popen(["su", "pgxl", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pid = find_pid(f"{xl}/gtm -D {d}", pgxl_uid())
-    if not pid or not wait_port(port):
-        raise RuntimeError("XL gtm did not start")
-    return Server("xl_gtm", p, pid, port, data_dir=d)
+    return start_as_pgxl("xl_gtm", f"{xl}/gtm", d, port, "-l gtm.log")
 
 
 def start_sim(ours, tag):
@@ -215,13 +209,18 @@ def start_xl_proxy(xl, run_dir, gtm_port, tag):
             f"nodename = '{tag}'\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
             f"gtm_host = '127.0.0.1'\ngtm_port = {gtm_port}\nworker_threads = 1\n"
         )
+    return start_as_pgxl(tag, f"{xl}/gtm_proxy", d, port)
+
+
+def start_as_pgxl(label, binary, d, port, extra=""):
+    """Start an XL server binary on data directory d as user pgxl; wait for its port."""
     pgxl_own(d)
-    cmd = f"exec nice -n 5 {xl}/gtm_proxy -D {d}"
+    cmd = f"exec nice -n 5 {binary} -D {d} {extra}".rstrip()
     p = subprocess.Popen(["su", "pgxl", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pid = find_pid(f"{xl}/gtm_proxy -D {d}", pgxl_uid())
+    pid = find_pid(f"{binary} -D {d}", pgxl_uid())
     if not pid or not wait_port(port):
-        raise RuntimeError("XL gtm_proxy did not start")
-    return Server(tag, p, pid, port, data_dir=d)
+        raise RuntimeError(f"{binary} did not start")
+    return Server(label, p, pid, port, data_dir=d)
 
 
 class Sampler(threading.Thread):
