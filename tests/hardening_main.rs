@@ -410,6 +410,32 @@ fn a_dead_worker_is_replaced_and_gets_no_connection() {
     }
 }
 
+/// A worker started in place of a dead one uses the GTM the last reconnect
+/// order named, never the configured one it was moved away from.
+#[test]
+fn a_worker_restarted_after_a_reconnect_order_uses_the_new_gtm() {
+    let old = Daemon::sim(&[]);
+    let new = Daemon::sim(&["-x", "20000"]);
+    let proxy = Daemon::proxy_with(old.addr, "", 1, &["-h", "127.0.0.1"], |cmd| {
+        // Test-only hook: worker 0 ends instead of obeying the first order.
+        cmd.env("GTM_PROXY_TEST_WORKER_DIES", "0:reconnect");
+    });
+    let mut c = Client::backend(proxy.addr, NAME);
+    assert!(c.begin() < 20000, "served by the configured GTM first");
+    std::fs::write(proxy.dir.join("newgtm"), format!("-s 127.0.0.1 -t {}\n", new.addr.port())).expect("newgtm");
+    proxy.signal(libc::SIGUSR1);
+    let log = eventually_for(WAIT, "the restart in the log", || {
+        Some(proxy.log()).filter(|l| l.contains("worker 0 restarted"))
+    });
+    assert!(log.contains("ending instead of moving"), "the hook fired: {log}");
+    // Fresh backends on the new worker: their GXIDs come from the new GTM.
+    for _ in 0..3 {
+        let mut b = Client::backend(proxy.addr, NAME);
+        let g = b.begin();
+        assert!(g >= 20000, "GXID {g} came from the GTM the proxy was moved away from");
+    }
+}
+
 #[test]
 fn a_worker_that_keeps_dying_stops_the_proxy_with_fatal() {
     let sim = Daemon::sim(&[]);

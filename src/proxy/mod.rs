@@ -104,7 +104,7 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
         port: bound.port(),
         data_dir: std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).to_string_lossy().into_owned(),
     };
-    let mut gtm = (cfg.gtm_host.clone(), cfg.gtm_port);
+    let gtm = (cfg.gtm_host.clone(), cfg.gtm_port);
     let mut reg = match RegLink::register(&gtm.0, gtm.1, &me) {
         Ok(r) => Some(r),
         Err(e) if !cfg.gtm_required_at_start => {
@@ -202,18 +202,19 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
                         continue;
                     }
                     signal_hook::consts::SIGUSR1 => {
-                        if let Some(to) = reconnect_order(&data_dir, &gtm) {
+                        if let Some(to) = reconnect_order(&data_dir, pool.gtm()) {
+                            let from = pool.gtm();
                             crate::xlog!(
                                 LOG,
                                 "reconnect ordered: moving from GTM {}:{} to {}:{}",
-                                gtm.0,
-                                gtm.1,
+                                from.0,
+                                from.1,
                                 to.0,
                                 to.1
                             );
                             // Workers first: they must not keep sending to the
                             // old GTM while the registration link moves.
-                            pool.broadcast(|| Control::Reconnect { host: to.0.clone(), port: to.1 });
+                            pool.reconnect(to.clone());
                             let generation = reg_generation.fetch_add(1, Ordering::Relaxed) + 1;
                             let started = registration::register_in_background(
                                 reg.take(),
@@ -227,7 +228,6 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
                             if let Err(e) = started {
                                 error!("cannot start the registration on the new GTM: {e}");
                             }
-                            gtm = to;
                         }
                         continue;
                     }

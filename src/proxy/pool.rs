@@ -33,7 +33,9 @@ pub const DEATH_WINDOW: Duration = Duration::from_secs(60);
 
 /// Test hook (never set in production): `GTM_PROXY_TEST_WORKER_DIES=<index>`
 /// makes that worker's first thread end at once, as a crashed worker would;
-/// `<index>:always` makes every thread of that worker end so.
+/// `<index>:always` makes every thread of that worker end so;
+/// `<index>:reconnect` makes its thread end when the first reconnect order
+/// comes, so that the worker started in its place must find the new GTM.
 pub const TEST_DEATH_ENV: &str = "GTM_PROXY_TEST_WORKER_DIES";
 
 struct Handle {
@@ -79,16 +81,31 @@ pub struct Pool {
     main: Arc<Waker>,
     recent_deaths: VecDeque<Instant>,
     next: usize,
-    /// The test hook: which worker, and whether every incarnation dies.
-    test_death: Option<(usize, bool)>,
+    /// The GTM workers are to use: the configured one until a reconnect
+    /// order moves it. A worker started in place of a dead one starts here.
+    gtm: (String, u16),
+    /// The test hook: which worker, and when it dies.
+    test_death: Option<(usize, TestDeath)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TestDeath {
+    FirstStart,
+    EveryStart,
+    FirstReconnect,
 }
 
 impl Pool {
     pub fn spawn(n: usize, cfg: &Arc<Config>, main: Arc<Waker>) -> Result<Pool, PoolError> {
         let (deaths_tx, deaths) = unbounded();
         let test_death = std::env::var(TEST_DEATH_ENV).ok().and_then(|v| {
-            let (i, always) = v.trim().split_once(':').map_or((v.trim(), false), |(i, m)| (i, m == "always"));
-            Some((i.parse().ok()?, always))
+            let (i, when) = v.trim().split_once(':').unwrap_or((v.trim(), ""));
+            let when = match when {
+                "always" => TestDeath::EveryStart,
+                "reconnect" => TestDeath::FirstReconnect,
+                _ => TestDeath::FirstStart,
+            };
+            Some((i.parse().ok()?, when))
         });
         let mut pool = Pool {
             handles: Vec::with_capacity(n),
@@ -98,6 +115,7 @@ impl Pool {
             main,
             recent_deaths: VecDeque::new(),
             next: 0,
+            gtm: (cfg.gtm_host.clone(), cfg.gtm_port),
             test_death,
         };
         for i in 0..n {
@@ -114,13 +132,17 @@ impl Pool {
         stats: Arc<WorkerStats>,
         (tx, rx): (Sender<Control>, Receiver<Control>),
     ) -> Result<Handle, PoolError> {
-        let (w, waker) = Worker::new(i, cfg.clone(), rx.clone(), stats.clone(), self.high.clone())
+        let (w, waker) = Worker::new(i, cfg.clone(), self.gtm.clone(), rx.clone(), stats.clone(), self.high.clone())
             .map_err(|e| PoolError::Spawn(i, e))?;
         let notice = DeathNotice { index: i, tx: self.deaths_tx.clone(), main: self.main.clone() };
-        let die_now = self.test_death.is_some_and(|(d, _)| d == i);
-        if die_now && self.test_death.is_some_and(|(_, always)| !always) {
-            self.test_death = None;
-        }
+        let die_now = match self.test_death {
+            Some((d, TestDeath::EveryStart)) => d == i,
+            Some((d, TestDeath::FirstStart)) if d == i => {
+                self.test_death = None;
+                true
+            }
+            _ => false,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("gtm_proxy worker {i}"))
             .spawn(move || {
@@ -171,6 +193,35 @@ impl Pool {
         let _ = h.tx.send(Control::NewBackend(sock));
         let _ = h.waker.wake();
         Ok(())
+    }
+
+    /// The GTM the workers use now.
+    pub fn gtm(&self) -> &(String, u16) {
+        &self.gtm
+    }
+
+    /// A reconnect order: every worker moves to `to`, and so does any worker
+    /// started later in place of a dead one.
+    pub fn reconnect(&mut self, to: (String, u16)) {
+        self.gtm = to.clone();
+        let dying = match self.test_death {
+            Some((d, TestDeath::FirstReconnect)) => {
+                self.test_death = None;
+                Some(d)
+            }
+            _ => None,
+        };
+        for (i, h) in self.handles.iter().enumerate().filter(|(_, h)| !h.dead) {
+            let order = if dying == Some(i) {
+                error!("worker {i}: ending instead of moving ({TEST_DEATH_ENV} test hook)");
+                Control::Shutdown(super::worker::StopMode::Immediate)
+            } else {
+                Control::Reconnect { host: to.0.clone(), port: to.1 }
+            };
+            if h.tx.send(order).is_ok() {
+                let _ = h.waker.wake();
+            }
+        }
     }
 
     /// Send an order to every live worker.

@@ -207,13 +207,14 @@ impl Worker {
     pub fn new(
         id: usize,
         cfg: Arc<Config>,
+        (gtm_host, gtm_port): (String, u16),
         rx: Receiver<Control>,
         stats: Arc<WorkerStats>,
         high: Arc<HighWater>,
     ) -> std::io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let up = Upstream::new(cfg.gtm_host.clone(), cfg.gtm_port, cfg.nodename.clone(), super::keepalive_of(&cfg));
+        let up = Upstream::new(gtm_host, gtm_port, cfg.nodename.clone(), super::keepalive_of(&cfg));
         let policy = Policy::from_config(&cfg);
         let coalesce = Coalescer::new(HoldPolicy::from_config(&cfg));
         let w = Worker {
