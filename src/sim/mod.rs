@@ -43,10 +43,11 @@
 //!   accepts them. Strings are compared up to their first NUL as the C code does,
 //!   but never read past the field they came in.
 //! * **Standby and backup traffic is not implemented**: `MSG_BKUP_*`,
-//!   `MSG_TXN_GXID_LIST`, `MSG_BEGIN_BACKUP`/`MSG_END_BACKUP` and the
+//!   `MSG_BEGIN_BACKUP`/`MSG_END_BACKUP` and the
 //!   replication-init messages get an `E` (severity ERROR) "gtm_sim does not
-//!   support message type N" and the link stays open (`MSG_NODE_LIST` and
-//!   `MSG_SYNC_STANDBY` are answered). Registering a node of type
+//!   support message type N" and the link stays open (`MSG_NODE_LIST`,
+//!   `MSG_TXN_GXID_LIST` and `MSG_SYNC_STANDBY` are answered as the real GTM
+//!   answers them; see [`txn_list`]). Registering a node of type
 //!   GTM does not make the simulator open backup links to it.
 //! * **`MSG_SEQUENCE_GET_NEXT` with a huge range** is computed in one step; the
 //!   real GTM advances one increment at a time and can spin for a very long time.
@@ -79,6 +80,7 @@ pub mod persist;
 pub mod seq;
 pub mod server;
 pub mod state;
+pub mod txn_list;
 pub mod txns;
 
 #[cfg(test)]

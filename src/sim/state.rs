@@ -305,6 +305,16 @@ impl Gtm {
                 let resp = Response::Other { result_type: ResultType::NODE_LIST_RESULT, payload: self.nodes.list() };
                 Outcome::reply(resp)
             }
+            MsgType::TXN_GXID_LIST => {
+                if !payload.is_empty() {
+                    return Outcome::error("invalid message format");
+                }
+                let table = super::txn_list::serialize(self);
+                let mut p = BytesMut::with_capacity(4 + table.len());
+                p.put_i32(table.len() as i32);
+                p.extend_from_slice(&table);
+                Outcome::reply(Response::Other { result_type: ResultType::TXN_GXID_LIST_RESULT, payload: p.freeze() })
+            }
             MsgType::SEQUENCE_LIST => {
                 if !payload.is_empty() {
                     return Outcome::error("invalid message format");
@@ -573,20 +583,28 @@ impl Gtm {
             }
             xip.push(t.gxid);
         }
+        let snapshot = Snapshot { xmin, xmax, xip };
         for id in ids.iter().flatten() {
             let Some(t) = self.txns.get_mut(*id) else { continue };
+            // A serializable transaction keeps its first snapshot as its current one.
+            let mut store = true;
             if t.isolation == ISOLATION_SERIALIZABLE {
                 if t.snapshot_set && ids.len() > 1 {
                     return Err("Grouped snapshot can only include first snapshot in Serializable transaction".into());
                 }
+                store = !t.snapshot_set;
                 t.snapshot_set = true;
             }
             if t.xmin == 0 {
                 t.xmin = xmin;
                 self.dirty = true;
             }
+            let handle = t.handle;
+            if store {
+                self.txns.set_slot_snapshot(handle, &snapshot);
+            }
         }
-        Ok((Snapshot { xmin, xmax, xip }, statuses))
+        Ok((snapshot, statuses))
     }
 
     /// `MSG_SNAPSHOT_GET` / `MSG_SNAPSHOT_GXID_GET`. The count is echoed and that

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{cstr, MAX_TXNS};
+use crate::codec::Snapshot;
 
 /// `GTM_MAX_SESSION_ID_LEN`: bytes of a global session id the GTM stores.
 pub const MAX_SESSION_ID_LEN: usize = 64;
@@ -121,6 +122,10 @@ pub struct Txns {
     by_gxid: HashMap<u32, TxnId>,
     by_session: HashMap<Vec<u8>, TxnId>,
     slots: Vec<Option<TxnId>>,
+    /// `gti_current_snapshot` per slot: the last snapshot stored for a
+    /// transaction in that slot. The real GTM never clears it, so a slot's
+    /// next transaction shows it until it takes a snapshot of its own.
+    slot_snapshots: HashMap<i32, Snapshot>,
     /// `gt_lastslot`: where the next free-slot search starts (after it).
     pub last_slot: i32,
 }
@@ -133,6 +138,7 @@ impl Default for Txns {
             by_gxid: HashMap::new(),
             by_session: HashMap::new(),
             slots: vec![None; MAX_TXNS],
+            slot_snapshots: HashMap::new(),
             last_slot: -1,
         }
     }
@@ -243,6 +249,21 @@ impl Txns {
     /// Open transactions in begin order.
     pub fn iter(&self) -> impl Iterator<Item = (TxnId, &Txn)> {
         self.list.iter().map(|(id, t)| (*id, t))
+    }
+
+    /// Open transactions in slot order, as the GTM's array holds them.
+    pub fn by_slot(&self) -> impl Iterator<Item = &Txn> {
+        self.slots.iter().flatten().filter_map(|id| self.list.get(id))
+    }
+
+    /// Store `snap` as the current snapshot of the transaction in `handle`'s slot.
+    pub fn set_slot_snapshot(&mut self, handle: i32, snap: &Snapshot) {
+        self.slot_snapshots.insert(handle, snap.clone());
+    }
+
+    /// The current snapshot stored in a slot (all zero if none ever was).
+    pub fn slot_snapshot(&self, handle: i32) -> Option<&Snapshot> {
+        self.slot_snapshots.get(&handle)
     }
 
     pub fn ids(&self) -> Vec<TxnId> {
