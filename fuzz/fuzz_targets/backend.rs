@@ -26,7 +26,7 @@ use gtmproxy::codec::types::MAX_GLOBAL_TRANSACTIONS;
 use gtmproxy::codec::{encode_command, ClientFrame, Request, StartupPacket};
 use gtmproxy::netio::{read_into, ReadOutcome};
 use gtmproxy::proxy::admission::{admit, Admission};
-use gtmproxy::proxy::backend::{Peer, READ_PAUSE};
+use gtmproxy::proxy::backend::{read_limit, Peer};
 use gtmproxy::proxy::batch::{Batcher, Forward, Route};
 use libfuzzer_sys::fuzz_target;
 
@@ -132,13 +132,16 @@ fuzz_target!(|data: &[u8]| {
         let mut fifo = VecDeque::new();
         // Bounded: every round reads at least one byte or ends.
         for _ in 0..=data.len() * 2 + 2 {
-            let eof = match read_into(&mut sock, &mut rbuf, &mut scratch, READ_PAUSE, true) {
+            // The worker's cap: the read pause, or the whole of a larger
+            // frame at the front (up to the frame limit).
+            let cap = read_limit(&rbuf, DEFAULT_MAX_FRAME);
+            let eof = match read_into(&mut sock, &mut rbuf, &mut scratch, cap, true) {
                 Ok(ReadOutcome::Eof) => true,
                 Ok(ReadOutcome::Drained | ReadOutcome::Full) => false,
                 Err(e) => panic!("{e}"),
             };
-            // Input held per connection is bounded by the read pause.
-            assert!(rbuf.len() <= READ_PAUSE + scratch.len());
+            // Input held per connection is bounded by that cap.
+            assert!(rbuf.len() <= cap + scratch.len());
             loop {
                 let raw = match frame::split(&mut rbuf, DEFAULT_MAX_FRAME) {
                     Ok(Some(raw)) => raw,
