@@ -188,7 +188,7 @@ fn log_of_a_short_run(conf: &str, warning_shows: bool) -> (String, i32) {
     drop(s);
     if warning_shows {
         eventually_for(WAIT, "the warning", || {
-            p.file("gtm_proxy.log").contains("WARNING:  worker 0: backend").then_some(())
+            p.file("gtm_proxy.log").contains("worker 0 WARNING:  backend").then_some(())
         });
     }
     stop_fast(&mut p);
@@ -199,7 +199,7 @@ fn log_of_a_short_run(conf: &str, warning_shows: bool) -> (String, i32) {
 fn log_level_names_prefix_and_ordering() {
     // WARNING: XL's names, the prefix on every line.
     let (log, pid) = log_of_a_short_run("log_min_messages = WARNING\n", true);
-    assert!(log.contains(" WARNING:  worker 0: backend"), "{log}");
+    assert!(log.contains(" worker 0 WARNING:  backend"), "{log}");
     assert!(!log.contains("WARN:"), "{log}");
     assert!(log.contains(" LOG:  gtm_proxy "), "LOG ranks above WARNING: {log}");
     assert!(!log.contains(" INFO:  "), "{log}");
@@ -226,6 +226,9 @@ fn log_level_names_prefix_and_ordering() {
     assert!(log.contains(" DEBUG:  "), "{log}");
     assert!(log.contains(" INFO:  ") && log.contains(" LOG:  "), "{log}");
     assert!(!log.contains("DEBUG1:"), "{log}");
+    // The prefix names the worker; its messages do not repeat it.
+    assert!(log.contains(" worker 0 INFO:  connected to GTM"), "{log}");
+    assert!(!log.contains("worker 0: "), "{log}");
 }
 
 #[test]
@@ -357,7 +360,7 @@ fn a_planned_reconnect_logs_at_log_and_is_not_a_link_failure() {
     });
     assert!(said.contains("GTM link failures: 0"), "{said}");
     let log = p.file("gtm_proxy.log");
-    assert!(log.contains(" LOG:  worker 0: leaving the GTM link on a reconnect order"), "{log}");
+    assert!(log.contains(" worker 0 LOG:  leaving the GTM link on a reconnect order"), "{log}");
     assert!(!log.contains(" ERROR:  "), "a planned reconnect is not an error: {log}");
     stop_fast(&mut p);
 }

@@ -28,27 +28,27 @@ impl Worker {
             return;
         }
         if let Err(e) = std_sock.set_nonblocking(true) {
-            warn!("worker {}: cannot make backend socket non-blocking: {e}", self.id);
+            warn!("cannot make backend socket non-blocking: {e}");
             return;
         }
         let sock = TcpStream::from_std(std_sock);
         let entry = self.backends.vacant_entry();
         let key = entry.key();
         let Some((conn, gen)) = self.ids.alloc(key) else {
-            warn!("worker {}: no backend identifier left on this GTM link; refusing connection", self.id);
+            warn!("no backend identifier left on this GTM link; refusing connection");
             crate::proxy::refuse(sock, "too many connections to this gtm_proxy worker");
             return;
         };
         let mut b = Backend::new(sock, conn, gen);
         if let Err(e) = b.register(self.poll.registry(), Token(key + FIRST_BACKEND)) {
-            warn!("worker {}: cannot register backend: {e}", self.id);
+            warn!("cannot register backend: {e}");
             let _ = self.ids.release(conn, gen, false, None);
             return;
         }
         let route = b.route();
         entry.insert(b);
         self.stats.backends.fetch_add(1, Ordering::Relaxed);
-        debug!("worker {}: backend {key} accepted as conn id {conn}", self.id);
+        debug!("backend {key} accepted as conn id {conn}");
         self.starting += 1;
         self.starting_order.push_back((key, route));
         self.limit_starting();
@@ -103,7 +103,7 @@ impl Worker {
         let _ = b.flush();
         let now = Instant::now();
         if let Some(s) = b.may_log(now) {
-            warn!("worker {}: backend {key}: {why}; closing it{s}", self.id);
+            warn!("backend {key}: {why}; closing it{s}");
         }
         self.close_backend(key, why);
     }
@@ -115,7 +115,7 @@ impl Worker {
         }
         if readable {
             if let Err(e) = b.read(&mut self.scratch, MAX_BACKEND_FRAME) {
-                debug!("worker {}: backend {key} read error: {e}", self.id);
+                debug!("backend {key} read error: {e}");
             }
         }
         if reset {
@@ -269,7 +269,7 @@ impl Worker {
                 return;
             }
         }
-        trace!("worker {}: backend {key} (id {}) request queued", self.id, route.conn);
+        trace!("backend {key} (id {}) request queued", route.conn);
         if let Some(b) = self.backends.get_mut(key) {
             b.request_sent(Instant::now());
         }
@@ -326,7 +326,7 @@ impl Worker {
     fn log_backend(&mut self, key: usize, msg: &str) {
         let Some(b) = self.backends.get_mut(key) else { return };
         if let Some(s) = b.may_log(Instant::now()) {
-            warn!("worker {}: backend {key}: {msg}{s}", self.id);
+            warn!("backend {key}: {msg}{s}");
         }
     }
 
@@ -340,13 +340,13 @@ impl Worker {
             let flushed = b.flush();
             if let Ok(false) = flushed {
                 if b.wbuf.len() > limit {
-                    warn!("worker {}: backend {key} does not read its answers; closing it", self.id);
+                    warn!("backend {key} does not read its answers; closing it");
                     self.close_backend(key, "output limit exceeded");
                     continue;
                 }
             }
             if let Err(e) = &flushed {
-                debug!("worker {}: backend {key} write error: {e}", self.id);
+                debug!("backend {key} write error: {e}");
                 b.broken();
             }
             // Writable interest only while output waits, so that writable
@@ -375,9 +375,9 @@ impl Worker {
         if b.state() == State::Startup {
             self.starting = self.starting.saturating_sub(1);
         }
-        debug!("worker {}: backend {key} (conn id {}) gone: {why}", self.id, b.conn);
+        debug!("backend {key} (conn id {}) gone: {why}", b.conn);
         if let Some(s) = b.log_summary() {
-            warn!("worker {}: backend {key} gone: {why}{s}", self.id);
+            warn!("backend {key} gone: {why}{s}");
         }
         let disc = self.departure(b.conn, b.gen, b.peer.as_ref().map(Peer::disconnect_request));
         if let Some(d) = self.ids.release(b.conn, b.gen, b.is_waiting(), disc) {

@@ -155,7 +155,6 @@ impl WorkLists {
 }
 
 pub struct Worker {
-    id: usize,
     poll: Poll,
     cfg: Arc<Config>,
     rx: Receiver<Control>,
@@ -217,7 +216,6 @@ impl Worker {
         let policy = Policy::from_config(&cfg);
         let coalesce = Coalescer::new(HoldPolicy::from_config(&cfg));
         let w = Worker {
-            id,
             poll,
             ids: ConnIds::new(crate::proxy::ids::ids_per_link()),
             cfg,
@@ -263,7 +261,7 @@ impl Worker {
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
-                    error!("worker {}: poll failed: {e}", self.id);
+                    error!("poll failed: {e}");
                     break;
                 }
             }
@@ -290,7 +288,7 @@ impl Worker {
             }
         }
         self.shutdown_link();
-        info!("worker {} stopped", self.id);
+        info!("stopped");
     }
 
     /// Gauges for the metrics endpoint; plain stores, once per round.
@@ -353,7 +351,7 @@ impl Worker {
             match msg {
                 Control::NewBackend(s) => self.add_backend(s),
                 Control::Reconnect { host, port } => {
-                    info!("worker {}: moving to GTM {host}:{port}", self.id);
+                    info!("moving to GTM {host}:{port}");
                     self.up.retarget(host, port);
                     self.stats.reconnect_orders.fetch_add(1, Ordering::Relaxed);
                     self.link_failed(LinkError::ReconnectOrdered);
@@ -363,11 +361,11 @@ impl Worker {
                     self.coalesce.policy = HoldPolicy::from_config(&cfg);
                     self.up.set_keepalive(super::keepalive_of(&cfg));
                     self.cfg = cfg;
-                    info!("worker {}: configuration reloaded", self.id);
+                    info!("configuration reloaded");
                 }
                 // A stricter stop takes over one under way; never a milder one.
                 Control::Shutdown(mode) if self.stopping.is_none_or(|(cur, _)| mode > cur) => {
-                    info!("worker {}: {mode:?} shutdown", self.id);
+                    info!("{mode:?} shutdown");
                     self.stopping = Some((mode, Instant::now()));
                 }
                 Control::Shutdown(_) => {}
