@@ -21,6 +21,7 @@ use crate::codec::{ClientFrame, RawFrame, StartupPacket};
 use crate::proxy::admission::{self, Admission};
 use crate::proxy::backend::{Backend, Deadlines, Peer, State};
 use crate::proxy::batch::{Forward, Route};
+use crate::proxy::metrics::refusals::Refused;
 
 impl Worker {
     pub(super) fn add_backend(&mut self, std_sock: std::net::TcpStream) {
@@ -36,6 +37,7 @@ impl Worker {
         let key = entry.key();
         let Some((conn, gen)) = self.ids.alloc(key) else {
             warn!("no backend identifier left on this GTM link; refusing connection");
+            self.stats.refused.count(Refused::NoIdentifier);
             crate::proxy::refuse(sock, "too many connections to this gtm_proxy worker");
             return;
         };
@@ -75,6 +77,7 @@ impl Worker {
             }
             self.process_backend(key);
             if starting(self) {
+                self.stats.refused.count(Refused::MaxStartupBackends);
                 self.drop_with_error(key, "too many connections in start-up");
             }
         }
@@ -84,9 +87,15 @@ impl Worker {
     /// forgets start-up entries of backends that started or left.
     pub(super) fn expire_backends(&mut self, now: Instant) {
         let d = Deadlines { startup: self.cfg.backend_startup_timeout, frame: self.cfg.backend_frame_timeout };
-        let late: Vec<(usize, &'static str)> =
-            self.backends.iter().filter_map(|(k, b)| b.overdue(now, d).map(|why| (k, why))).collect();
-        for (key, why) in late {
+        let late: Vec<(usize, &'static str, bool)> = self
+            .backends
+            .iter()
+            .filter_map(|(k, b)| b.overdue(now, d).map(|why| (k, why, b.state() == State::Startup)))
+            .collect();
+        for (key, why, starting) in late {
+            if starting {
+                self.stats.refused.count(Refused::StartupTimeout);
+            }
             self.drop_with_error(key, why);
         }
         let backends = &self.backends;
@@ -195,6 +204,7 @@ impl Worker {
         if b.state() == State::Startup {
             if raw.tag != TAG_STARTUP {
                 let msg = format!("Expecting a startup message, but received {}", raw.tag as char);
+                self.stats.refused.count(Refused::BadStartup);
                 self.log_backend(key, &msg);
                 if let Some(b) = self.backends.get_mut(key) {
                     b.abort("ERROR", &msg);
@@ -211,6 +221,7 @@ impl Worker {
                         Err(deny) => {
                             let peer = b.peer_addr().map_or_else(|| format!("backend {key}"), |p| p.to_string());
                             crate::proxy::access::report_denied(&peer, &deny);
+                            self.stats.refused.count(Refused::Access);
                             b.abort("FATAL", &deny.to_string());
                         }
                     }
@@ -218,6 +229,7 @@ impl Worker {
                 Err(e) => {
                     let n = raw.body.len();
                     self.log_backend(key, &format!("bad startup packet ({n} bytes): {e}"));
+                    self.stats.refused.count(Refused::BadStartup);
                     if let Some(b) = self.backends.get_mut(key) {
                         b.abort("FATAL", &format!("invalid startup packet: {e}"));
                     }

@@ -124,8 +124,9 @@ impl Worker {
 
     /// Split one answer per backend, vet each, and queue it for its backend.
     fn route_answer(&mut self, f: &ServerFrame) -> Result<(), LinkError> {
-        let Some(pending) = self.up.pop_owed() else { return Err(LinkError::Unsolicited) };
+        let Some((pending, sent)) = self.up.pop_owed() else { return Err(LinkError::Unsolicited) };
         self.stats.upstream_frames.fetch_add(1, Ordering::Relaxed);
+        self.stats.round_trip.observe(sent.elapsed());
         let mut delivered = Vec::with_capacity(pending.len());
         let mut refused = Vec::new();
         let floors = self.floors;
@@ -159,7 +160,7 @@ impl Worker {
         }
         if let Err(e) = res {
             // Put the entry back: the owner decides what to do with it.
-            self.up.unpop_owed(pending);
+            self.up.unpop_owed(pending, sent);
             return Err(LinkError::OutOfStep(e));
         }
         for route in delivered {
@@ -269,6 +270,7 @@ impl Worker {
             match replay::rule(&p) {
                 Rule::OutcomeUnknown => {
                     for route in p.routes() {
+                        self.stats.outcome_unknown.fetch_add(1, Ordering::Relaxed);
                         failed.push((
                             route,
                             format!(
@@ -280,11 +282,15 @@ impl Worker {
                 }
                 Rule::Replay => {
                     let mut over = Vec::new();
+                    let mut again = 0;
                     for route in p.routes() {
-                        if !self.replays.lost_once_more(route) {
+                        if self.replays.lost_once_more(route) {
+                            again += 1;
+                        } else {
                             over.push(route);
                         }
                     }
+                    self.stats.replays.fetch_add(again, Ordering::Relaxed);
                     let p = if over.is_empty() { Some(p) } else { without_routes(p, &over) };
                     for route in over {
                         failed.push((
@@ -396,6 +402,7 @@ impl Worker {
             .collect();
         for route in expired {
             if self.batch.drop_route(route) > 0 {
+                self.stats.hold_timeouts.fetch_add(1, Ordering::Relaxed);
                 let msg = format!("GTM unavailable: {} (request held longer than hold_timeout)", self.down_reason);
                 warn!("backend id {}: {msg}", route.conn);
                 self.fail_request(route, &msg);

@@ -40,6 +40,8 @@ use super::coalesce::{BatchSizes, Coalescer, HoldPolicy};
 use super::failover::{Failover, Policy};
 use super::ids::ConnIds;
 use super::ledger::{HighWater, Ledger};
+use super::metrics::latency::RoundTrips;
+use super::metrics::refusals::Refusals;
 use super::upstream::{LinkError, Upstream};
 use super::vetting::Floors;
 use crate::codec::frame;
@@ -86,7 +88,7 @@ pub enum StopMode {
     Immediate,
 }
 
-/// Counters shared with the main thread (and, later, the metrics endpoint).
+/// Counters shared with the main thread and the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub backends: AtomicUsize,
@@ -107,6 +109,17 @@ pub struct WorkerStats {
     pub ledger_gxids: AtomicUsize,
     /// Elements per MULTI sent, per type; the worker adds its counts every tick.
     pub batch_sizes: Mutex<BatchSizes>,
+    /// Requests sent again on a new link after the link they were in
+    /// flight on was lost.
+    pub replays: AtomicU64,
+    /// Requests answered `E` "outcome unknown after GTM failover".
+    pub outcome_unknown: AtomicU64,
+    /// Requests answered `E` for being held longer than `hold_timeout`.
+    pub hold_timeouts: AtomicU64,
+    /// Time from writing each frame upstream to reading its answer.
+    pub round_trip: RoundTrips,
+    /// Connections this worker turned away, by reason.
+    pub refused: Refusals,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
