@@ -374,12 +374,22 @@ fn starts_without_the_gtm_and_connects_once_it_is_up() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
     let d = dir.to_str().expect("utf-8 path");
-    let conf = format!("metrics_port = {}\ngtm_connect_retry_interval = 200ms\nlog_min_messages = INFO\n", free_port());
+    // A hold_timeout far beyond WAIT: a request held instead of answered would
+    // leave the client below without an answer.
+    let conf = format!(
+        "metrics_port = {}\ngtm_connect_retry_interval = 200ms\nlog_min_messages = INFO\nhold_timeout = 10min\n",
+        free_port()
+    );
     let mut p = start_proxy(&dir, gtm_addr, &conf);
     TcpStream::connect_timeout(&p.addr, WAIT).expect("accepts while the GTM is down");
     let status = || String::from_utf8_lossy(&run_proxy(&["status", "-D", d]).stdout).into_owned();
     eventually_for(WAIT, "a status with no link", || status().contains("GTM links up: 0 of 1").then_some(()));
     assert!(p.file("gtm_proxy.log").contains("listening anyway"));
+    // Until the GTM has been reached once, requests are answered at once, with why.
+    let mut early = Client::backend(p.addr, "cn1");
+    let e = early.call_err(&begin_req(b"\0"));
+    assert!(e.message().starts_with("GTM unavailable: "), "{}", e.message());
+    assert!(e.message().contains(&gtm_addr.to_string()), "names the GTM: {}", e.message());
 
     let sim_tmp = tempfile::tempdir().expect("tempdir");
     let sim_dir = sim_tmp.path().to_path_buf();
@@ -388,6 +398,8 @@ fn starts_without_the_gtm_and_connects_once_it_is_up() {
     eventually_for(WAIT, "the registration", || {
         p.file("gtm_proxy.log").contains("registered as GTM proxy \"test_proxy\"").then_some(())
     });
+    // The backend refused earlier is served now.
+    assert!(early.begin() > 0);
     stop_fast(&mut p);
 
     // gtm_required_at_start = on keeps XL's behaviour: exit at once.

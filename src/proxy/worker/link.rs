@@ -111,6 +111,7 @@ impl Worker {
             );
         }
         self.promoted = same_client_id;
+        self.ever_ready = true;
         self.floors.link = self.high.get();
         self.failover.on_connected();
         self.connect_failures = 0;
@@ -243,6 +244,15 @@ impl Worker {
         }
         if !ordered {
             self.down_reason = format!("{err} (GTM {})", self.up.addr_string());
+            if !self.ever_ready && !self.batch.is_empty() {
+                // The GTM has not been there since start: what arrived
+                // before this attempt failed is answered now, as what
+                // arrives after it will be (see `link_refusal`).
+                let msg = format!("GTM unavailable: {}", self.down_reason);
+                for route in self.batch.take_routes() {
+                    self.fail_request(route, &msg);
+                }
+            }
         }
         let action = if ordered {
             self.failover.on_reconnect_order()

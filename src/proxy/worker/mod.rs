@@ -200,6 +200,10 @@ pub struct Worker {
     replays: replay::ReplayCounts<Route>,
     /// Connection attempts failed since the link was last ready.
     connect_failures: u64,
+    /// A link of this worker has been ready at least once. Until then a
+    /// failed attempt means the GTM is not there at all (started without
+    /// it): requests are answered at once instead of held for a failover.
+    ever_ready: bool,
     scratch: Vec<u8>,
     stats: Arc<WorkerStats>,
     stopping: Option<(StopMode, Instant)>,
@@ -251,6 +255,7 @@ impl Worker {
             promoted: false,
             replays: Default::default(),
             connect_failures: 0,
+            ever_ready: false,
             scratch: vec![0; READ_CHUNK],
             stats,
             stopping: None,
