@@ -440,7 +440,8 @@ fn metrics_count_refusals_by_reason_and_round_trips_and_show_the_process() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let conf = format!(
-        "metrics_port = {port}\nmax_backends = 1\nallowed_client_networks = 127.0.0.1/32\nallowed_node_names = cn1\n"
+        "metrics_port = {port}\nmax_backends = 1\nallowed_client_networks = 127.0.0.1/32\nallowed_node_names = cn1\n\
+         backend_startup_timeout = 1s\n"
     );
     let mut p = start_proxy(tmp.path(), gtm.addr, &conf);
     let refused = |b: &str, why: &str| value_of(b, &format!("gtm_proxy_refused_connections_total{{reason=\"{why}\"}}"));
@@ -459,6 +460,11 @@ fn metrics_count_refusals_by_reason_and_round_trips_and_show_the_process() {
     let m = error_answer(&mut stranger);
     assert!(m.contains("intruder"), "{m}");
     wait_metrics(port, "the refused backend gone", |b| metric_of(b, "gtm_proxy_backends", 0) == Some(0));
+    // A connection that never sends its startup packet.
+    let mut silent = Client::connect(p.addr);
+    let m = error_answer(&mut silent);
+    assert!(m.contains("no startup packet"), "{m}");
+    wait_metrics(port, "the silent one gone", |b| metric_of(b, "gtm_proxy_backends", 0) == Some(0));
 
     // Round trips: one per begin of a lone backend.
     let mut c = Client::backend(p.addr, "cn1");
@@ -482,6 +488,8 @@ fn metrics_count_refusals_by_reason_and_round_trips_and_show_the_process() {
         let b = body_of(b);
         refused(b, "max_backends") == Some(1.0) && refused(b, "access") == Some(2.0)
     });
+    assert_eq!(refused(body_of(&answer), "startup_timeout"), Some(1.0), "{answer}");
+    assert_eq!(refused(body_of(&answer), "max_startup_backends"), Some(0.0), "{answer}");
     let body = body_of(&answer);
     if let Err(e) = exposition::check(body) {
         panic!("not valid exposition text: {e}\n{body}");
