@@ -115,6 +115,18 @@ pub fn render(pid: i32, cfg: &Config, listening: Option<&str>, figures: Result<&
         n("gtm_proxy_in_flight_requests"),
         n("gtm_proxy_ledger_gxids")
     );
+    let _ = writeln!(
+        out,
+        "replayed: {}; outcome unknown: {}; hold timeouts: {}; refused connections: {}",
+        n("gtm_proxy_replays_total"),
+        n("gtm_proxy_outcome_unknown_total"),
+        n("gtm_proxy_hold_timeouts_total"),
+        n("gtm_proxy_refused_connections_total")
+    );
+    let trips = f.sum("gtm_proxy_gtm_round_trip_seconds_count").unwrap_or(0.0);
+    if let Some(total) = f.sum("gtm_proxy_gtm_round_trip_seconds_sum").filter(|_| trips > 0.0) {
+        let _ = writeln!(out, "GTM round trips: {trips}, mean {:.3} ms", total / trips * 1000.0);
+    }
     out
 }
 
@@ -130,7 +142,13 @@ mod tests {
         gtm_proxy_gtm_link_up{worker=\"1\"} 0\n\
         gtm_proxy_requests_total{worker=\"0\"} 100\n\
         garbage line\n\
-        gtm_proxy_requests_total{worker=\"1\"} x\n";
+        gtm_proxy_requests_total{worker=\"1\"} x\n\
+        gtm_proxy_refused_connections_total{reason=\"access\"} 2\n\
+        gtm_proxy_refused_connections_total{reason=\"max_backends\"} 3\n\
+        gtm_proxy_gtm_round_trip_seconds_sum{worker=\"0\"} 0.3\n\
+        gtm_proxy_gtm_round_trip_seconds_count{worker=\"0\"} 100\n\
+        gtm_proxy_gtm_round_trip_seconds_sum{worker=\"1\"} 0.1\n\
+        gtm_proxy_gtm_round_trip_seconds_count{worker=\"1\"} 100\n";
 
     #[test]
     fn parse_sums_per_series() {
@@ -153,6 +171,8 @@ mod tests {
         assert!(s.contains("listening on 127.0.0.1:6666; nodename \"px\"; GTM gtm:6668"), "{s}");
         assert!(s.contains("GTM links up: 1 of 2"), "{s}");
         assert!(s.contains("backends: 7; requests: 100; errors sent: ?"), "{s}");
+        assert!(s.contains("hold timeouts: ?; refused connections: 5\n"), "{s}");
+        assert!(s.contains("GTM round trips: 200, mean 2.000 ms\n"), "{s}");
         let s = render(42, &cfg, None, Err("metrics_port is 0".into()));
         assert!(s.contains("(unknown: no gtm_proxy.port)") && s.contains("no live figures: metrics_port is 0"), "{s}");
     }

@@ -7,11 +7,13 @@
 
 mod harness;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use gtmproxy::codec::ServerFrame;
+use gtmproxy::proxy::metrics::exposition;
 use harness::*;
 
 /// The usual start options against `gtm`, in directory `dir`: the harness's,
@@ -188,7 +190,7 @@ fn log_of_a_short_run(conf: &str, warning_shows: bool) -> (String, i32) {
     drop(s);
     if warning_shows {
         eventually_for(WAIT, "the warning", || {
-            p.file("gtm_proxy.log").contains("WARNING:  worker 0: backend").then_some(())
+            p.file("gtm_proxy.log").contains("worker 0 WARNING:  backend").then_some(())
         });
     }
     stop_fast(&mut p);
@@ -199,7 +201,7 @@ fn log_of_a_short_run(conf: &str, warning_shows: bool) -> (String, i32) {
 fn log_level_names_prefix_and_ordering() {
     // WARNING: XL's names, the prefix on every line.
     let (log, pid) = log_of_a_short_run("log_min_messages = WARNING\n", true);
-    assert!(log.contains(" WARNING:  worker 0: backend"), "{log}");
+    assert!(log.contains(" worker 0 WARNING:  backend"), "{log}");
     assert!(!log.contains("WARN:"), "{log}");
     assert!(log.contains(" LOG:  gtm_proxy "), "LOG ranks above WARNING: {log}");
     assert!(!log.contains(" INFO:  "), "{log}");
@@ -226,6 +228,9 @@ fn log_level_names_prefix_and_ordering() {
     assert!(log.contains(" DEBUG:  "), "{log}");
     assert!(log.contains(" INFO:  ") && log.contains(" LOG:  "), "{log}");
     assert!(!log.contains("DEBUG1:"), "{log}");
+    // The prefix names the worker; its messages do not repeat it.
+    assert!(log.contains(" worker 0 INFO:  connected to GTM"), "{log}");
+    assert!(!log.contains("worker 0: "), "{log}");
 }
 
 #[test]
@@ -332,6 +337,7 @@ fn status_summarizes_the_running_proxy() {
     });
     assert!(said.contains(&format!("server is running (PID: {})", p.pid())), "{said}");
     assert!(said.contains(&format!("listening on {addr}")), "{said}");
+    assert!(said.contains("hold timeouts: 0; refused connections: 0"), "{said}");
     stop_fast(&mut p);
     assert_eq!(run_proxy(&["status", "-D", d]).status.code(), Some(1));
 }
@@ -357,7 +363,7 @@ fn a_planned_reconnect_logs_at_log_and_is_not_a_link_failure() {
     });
     assert!(said.contains("GTM link failures: 0"), "{said}");
     let log = p.file("gtm_proxy.log");
-    assert!(log.contains(" LOG:  worker 0: leaving the GTM link on a reconnect order"), "{log}");
+    assert!(log.contains(" worker 0 LOG:  leaving the GTM link on a reconnect order"), "{log}");
     assert!(!log.contains(" ERROR:  "), "a planned reconnect is not an error: {log}");
     stop_fast(&mut p);
 }
@@ -369,12 +375,22 @@ fn starts_without_the_gtm_and_connects_once_it_is_up() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
     let d = dir.to_str().expect("utf-8 path");
-    let conf = format!("metrics_port = {}\ngtm_connect_retry_interval = 200ms\nlog_min_messages = INFO\n", free_port());
+    // A hold_timeout far beyond WAIT: a request held instead of answered would
+    // leave the client below without an answer.
+    let conf = format!(
+        "metrics_port = {}\ngtm_connect_retry_interval = 200ms\nlog_min_messages = INFO\nhold_timeout = 10min\n",
+        free_port()
+    );
     let mut p = start_proxy(&dir, gtm_addr, &conf);
     TcpStream::connect_timeout(&p.addr, WAIT).expect("accepts while the GTM is down");
     let status = || String::from_utf8_lossy(&run_proxy(&["status", "-D", d]).stdout).into_owned();
     eventually_for(WAIT, "a status with no link", || status().contains("GTM links up: 0 of 1").then_some(()));
     assert!(p.file("gtm_proxy.log").contains("listening anyway"));
+    // Until the GTM has been reached once, requests are answered at once, with why.
+    let mut early = Client::backend(p.addr, "cn1");
+    let e = early.call_err(&begin_req(b"\0"));
+    assert!(e.message().starts_with("GTM unavailable: "), "{}", e.message());
+    assert!(e.message().contains(&gtm_addr.to_string()), "names the GTM: {}", e.message());
 
     let sim_tmp = tempfile::tempdir().expect("tempdir");
     let sim_dir = sim_tmp.path().to_path_buf();
@@ -383,6 +399,8 @@ fn starts_without_the_gtm_and_connects_once_it_is_up() {
     eventually_for(WAIT, "the registration", || {
         p.file("gtm_proxy.log").contains("registered as GTM proxy \"test_proxy\"").then_some(())
     });
+    // The backend refused earlier is served now.
+    assert!(early.begin() > 0);
     stop_fast(&mut p);
 
     // gtm_required_at_start = on keeps XL's behaviour: exit at once.
@@ -395,4 +413,121 @@ fn starts_without_the_gtm_and_connects_once_it_is_up() {
     assert_eq!(Guarded::spawn(cmd).finish(WAIT).status.code(), Some(1));
     assert!(file_text(&tmp2.path().join("gtm_proxy.log")).contains(" FATAL:  "));
     assert!(!tmp2.path().join("gtm_proxy.pid").exists());
+}
+
+/// The body of one scrape of the metrics endpoint on `port`.
+fn body_of(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// The value of the series written exactly as `series` (name and labels).
+fn value_of(body: &str, series: &str) -> Option<f64> {
+    let key = format!("{series} ");
+    body.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok())
+}
+
+/// The `E` a connection is answered with; panics on anything else.
+fn error_answer(c: &mut Client) -> String {
+    match c.try_recv() {
+        Some(ServerFrame::Error { fields, .. }) => fields.message(),
+        other => panic!("expected an E, got {other:?}"),
+    }
+}
+
+#[test]
+fn metrics_count_refusals_by_reason_and_round_trips_and_show_the_process() {
+    let gtm = Daemon::sim(&[]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let conf = format!(
+        "metrics_port = {port}\nmax_backends = 1\nallowed_client_networks = 127.0.0.1/32\nallowed_node_names = cn1\n\
+         backend_startup_timeout = 1s\n"
+    );
+    let mut p = start_proxy(tmp.path(), gtm.addr, &conf);
+    let refused = |b: &str, why: &str| value_of(b, &format!("gtm_proxy_refused_connections_total{{reason=\"{why}\"}}"));
+    let before = body_of(&wait_metrics(port, "the endpoint", |_| true)).to_string();
+    for why in ["max_backends", "access", "out_of_fds", "no_worker", "startup_timeout", "max_startup_backends"] {
+        assert_eq!(refused(&before, why), Some(0.0), "every reason is there from the start: {why}\n{before}");
+    }
+
+    // Access: a peer outside allowed_client_networks (at accept), a node name
+    // outside allowed_node_names (on the startup packet).
+    let mut outsider = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), p.addr);
+    let m = error_answer(&mut outsider);
+    assert!(m.contains("127.0.0.2"), "{m}");
+    let mut stranger = Client::connect(p.addr);
+    stranger.send_startup("intruder", gtmproxy::codec::types::node_type::DEFAULT, false, 0);
+    let m = error_answer(&mut stranger);
+    assert!(m.contains("intruder"), "{m}");
+    wait_metrics(port, "the refused backend gone", |b| metric_of(b, "gtm_proxy_backends", 0) == Some(0));
+    // A connection that never sends its startup packet.
+    let mut silent = Client::connect(p.addr);
+    let m = error_answer(&mut silent);
+    assert!(m.contains("no startup packet"), "{m}");
+    wait_metrics(port, "the silent one gone", |b| metric_of(b, "gtm_proxy_backends", 0) == Some(0));
+
+    // Round trips: one per begin of a lone backend.
+    let mut c = Client::backend(p.addr, "cn1");
+    c.begin();
+    let trips = "gtm_proxy_gtm_round_trip_seconds_count{worker=\"0\"}";
+    let first = value_of(body_of(&wait_metrics(port, "a round trip", |_| true)), trips).expect("round-trip count");
+    assert!(first >= 1.0, "{first}");
+    for _ in 0..5 {
+        c.begin();
+    }
+    let later = value_of(body_of(&wait_metrics(port, "more round trips", |_| true)), trips).expect("count");
+    assert!(later >= first + 5.0, "{first} -> {later}");
+
+    // max_backends = 1 and c is connected: the next connection is turned away.
+    wait_metrics(port, "one backend", |b| metric_of(b, "gtm_proxy_backends", 0) == Some(1));
+    let mut extra = Client::connect(p.addr);
+    let m = error_answer(&mut extra);
+    assert!(m.contains("too many connections"), "{m}");
+
+    let answer = wait_metrics(port, "the refusals", |b| {
+        let b = body_of(b);
+        refused(b, "max_backends") == Some(1.0) && refused(b, "access") == Some(2.0)
+    });
+    assert_eq!(refused(body_of(&answer), "startup_timeout"), Some(1.0), "{answer}");
+    assert_eq!(refused(body_of(&answer), "max_startup_backends"), Some(0.0), "{answer}");
+    let body = body_of(&answer);
+    if let Err(e) = exposition::check(body) {
+        panic!("not valid exposition text: {e}\n{body}");
+    }
+    let info = format!("gtm_proxy_build_info{{version=\"{}\",protocol=\"XL10\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(value_of(body, &info), Some(1.0), "{body}");
+    let fds = value_of(body, "process_open_fds").expect("open fds");
+    let max = value_of(body, "process_max_fds").expect("max fds");
+    assert!(fds > 0.0 && fds <= max, "{fds} of {max}");
+    assert!(value_of(body, "process_resident_memory_bytes").is_some_and(|v| v > 0.0), "{body}");
+    let started = value_of(body, "process_start_time_seconds").expect("start time");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    assert!(started > 0.0 && started <= now + 1.0, "{started} vs {now}");
+    stop_fast(&mut p);
+}
+
+#[test]
+fn metrics_count_replays_failure_reconnects_and_hold_timeouts() {
+    let mut gtm = Daemon::sim(&[]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut p = start_proxy(tmp.path(), gtm.addr, &format!("metrics_port = {port}\nhold_timeout = 1s\n"));
+    let mut c = Client::backend(p.addr, "cn1");
+    c.begin();
+    // A begin in flight when the GTM dies: sent again on the next link, which
+    // never comes; held past hold_timeout, it is answered E.
+    gtm.stop();
+    c.send(&begin_req(b"\0"));
+    wait_metrics(port, "the begin in flight", |b| metric_of(b, "gtm_proxy_in_flight_requests", 0) == Some(1));
+    gtm.kill9();
+    let m = error_answer(&mut c);
+    assert!(m.starts_with("GTM unavailable: ") && m.contains("hold_timeout"), "{m}");
+    let answer =
+        wait_metrics(port, "the hold timeout", |b| metric_of(b, "gtm_proxy_hold_timeouts_total", 0) == Some(1));
+    let body = body_of(&answer);
+    assert_eq!(metric_of(body, "gtm_proxy_replays_total", 0), Some(1), "{body}");
+    assert_eq!(value_of(body, "gtm_proxy_gtm_reconnects_total{worker=\"0\",cause=\"failure\"}"), Some(1.0), "{body}");
+    assert_eq!(value_of(body, "gtm_proxy_gtm_reconnects_total{worker=\"0\",cause=\"order\"}"), Some(0.0), "{body}");
+    assert_eq!(metric_of(body, "gtm_proxy_outcome_unknown_total", 0), Some(0), "a begin is safe to send again");
+    stop_fast(&mut p);
 }

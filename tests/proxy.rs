@@ -575,7 +575,7 @@ fn sighup_reloads_the_configuration() {
     )
     .unwrap();
     proxy.signal(libc::SIGHUP);
-    eventually(Duration::from_secs(5), || proxy.log().contains("worker 0: configuration reloaded").then_some(()));
+    eventually(Duration::from_secs(5), || proxy.log().contains("worker 0 INFO:  configuration reloaded").then_some(()));
     assert!(proxy.log().contains("\"log_file\" cannot be changed without restarting"));
     std::fs::write(proxy.dir.join("gtm_proxy.conf"), "no_such_key = 1\n").unwrap();
     proxy.signal(libc::SIGHUP);

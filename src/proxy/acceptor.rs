@@ -15,6 +15,7 @@
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -22,6 +23,8 @@ use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
 
 use super::access::AllowList;
+use super::metrics::refusals::Refused;
+use super::metrics::ProxyStats;
 use super::pool::Pool;
 use super::ProxyError;
 use crate::config::Config;
@@ -41,6 +44,8 @@ pub struct Acceptor {
     keepalive: crate::netio::Keepalive,
     exhausted_log: RateLimit,
     refused_log: RateLimit,
+    /// Refusals are counted here for the metrics endpoint.
+    stats: Arc<ProxyStats>,
 }
 
 /// Accept failures that mean "out of descriptors".
@@ -61,7 +66,12 @@ fn take_spare() -> Option<File> {
 impl Acceptor {
     /// Bind every listen address and register with `registry` (tokens
     /// 0..n).
-    pub fn bind(cfg: &Config, allow: AllowList, registry: &Registry) -> Result<Acceptor, ProxyError> {
+    pub fn bind(
+        cfg: &Config,
+        allow: AllowList,
+        registry: &Registry,
+        stats: Arc<ProxyStats>,
+    ) -> Result<Acceptor, ProxyError> {
         let mut listeners = bind_listeners(cfg)?;
         for (i, l) in listeners.iter_mut().enumerate() {
             registry.register(l, Token(i), Interest::READABLE).map_err(|e| ProxyError::Io("register", e))?;
@@ -76,6 +86,7 @@ impl Acceptor {
             keepalive: super::keepalive_of(cfg),
             exhausted_log: RateLimit::new(Duration::from_secs(10)),
             refused_log: RateLimit::new(Duration::from_secs(10)),
+            stats,
         })
     }
 
@@ -182,6 +193,7 @@ impl Acceptor {
                         self.refused_log.suppressed_note()
                     );
                 }
+                self.stats.refused.count(Refused::OutOfFds);
                 super::refuse(sock, "gtm_proxy is out of file descriptors; try again later");
                 true
             }
@@ -194,6 +206,7 @@ impl Acceptor {
     fn admit(&mut self, sock: mio::net::TcpStream, peer: SocketAddr, pool: &mut Pool) {
         if let Err(deny) = self.allow.check_peer(peer.ip()) {
             super::access::report_denied(&peer, &deny);
+            self.stats.refused.count(Refused::Access);
             super::refuse(sock, &deny.to_string());
             return;
         }
@@ -205,6 +218,7 @@ impl Acceptor {
                     self.refused_log.suppressed_note()
                 );
             }
+            self.stats.refused.count(Refused::MaxBackends);
             super::refuse(sock, "too many connections to gtm_proxy");
             return;
         }
@@ -212,6 +226,7 @@ impl Acceptor {
         crate::netio::set_keepalive(&sock, self.keepalive);
         if let Err(s) = pool.dispatch(super::mio_to_std(sock)) {
             warn!("refusing connection from {peer}: no worker is running");
+            self.stats.refused.count(Refused::NoWorker);
             super::refuse(mio::net::TcpStream::from_std(s), "gtm_proxy has no running worker");
         }
     }

@@ -8,6 +8,17 @@
 //! been answered and written within [`DEADLINE`] is closed, so a slow or
 //! silent client costs only its own connection. Plain HTTP/1.x, one request
 //! per connection; no crate needed for a single fixed GET.
+//!
+//! What is served: per-worker counters and gauges ([`WorkerStats`]), the GTM
+//! round-trip histogram ([`latency`]), the `*_MULTI` size histogram, refused
+//! connections by reason ([`refusals`], counted by the acceptor and the
+//! workers), build information, and the standard `process_*` figures
+//! ([`process`]). Every family has `# HELP` and `# TYPE`.
+
+pub mod exposition;
+pub mod latency;
+pub mod process;
+pub mod refusals;
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -24,6 +35,7 @@ use slab::Slab;
 use super::acceptor::RateLimit;
 use super::coalesce::BatchSizes;
 use super::worker::WorkerStats;
+use refusals::{Refusals, Refused};
 
 /// Longest accepted request head.
 pub const MAX_REQUEST: usize = 8192;
@@ -42,8 +54,15 @@ struct Conn {
     deadline: Instant,
 }
 
+/// Counters of the proxy as a whole (not of one worker).
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Connections turned away by the acceptor.
+    pub refused: Refusals,
+}
+
 /// Bind `addr` and serve `GET /metrics` from a background thread.
-pub fn spawn(addr: SocketAddr, workers: Vec<Arc<WorkerStats>>) -> io::Result<SocketAddr> {
+pub fn spawn(addr: SocketAddr, workers: Vec<Arc<WorkerStats>>, proxy: Arc<ProxyStats>) -> io::Result<SocketAddr> {
     let mut listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let poll = Poll::new()?;
@@ -54,6 +73,7 @@ pub fn spawn(addr: SocketAddr, workers: Vec<Arc<WorkerStats>>) -> io::Result<Soc
             listener,
             conns: Slab::new(),
             workers,
+            proxy,
             accept_failed: false,
             accept_log: RateLimit::new(Duration::from_secs(10)),
         }
@@ -68,6 +88,7 @@ struct Server {
     listener: TcpListener,
     conns: Slab<Conn>,
     workers: Vec<Arc<WorkerStats>>,
+    proxy: Arc<ProxyStats>,
     /// Accept failed (out of descriptors, say): try again after each poll,
     /// since no new readiness comes for connections already queued.
     accept_failed: bool,
@@ -144,7 +165,7 @@ impl Server {
 
     fn on_event(&mut self, k: usize) {
         let Some(c) = self.conns.get_mut(k) else { return };
-        let done = if c.out.is_empty() { read_request(c, &self.workers) } else { Ok(false) };
+        let done = if c.out.is_empty() { read_request(c, &self.workers, &self.proxy) } else { Ok(false) };
         let done = done.and_then(|answered| if answered || !c.out.is_empty() { write_answer(c) } else { Ok(false) });
         match done {
             Ok(false) => {
@@ -169,18 +190,18 @@ impl Server {
 
 /// Read what is there; once the head is complete (or too long, or the peer
 /// stopped sending) put the answer in `out`. Returns whether it did.
-fn read_request(c: &mut Conn, workers: &[Arc<WorkerStats>]) -> io::Result<bool> {
+fn read_request(c: &mut Conn, workers: &[Arc<WorkerStats>], proxy: &ProxyStats) -> io::Result<bool> {
     let mut buf = [0u8; 2048];
     loop {
         match c.sock.read(&mut buf) {
             Ok(0) => {
-                c.out = answer(&c.req, workers);
+                c.out = answer(&c.req, workers, proxy);
                 return Ok(true);
             }
             Ok(n) => {
                 c.req.extend_from_slice(&buf[..n]);
                 if head_complete(&c.req) || c.req.len() > MAX_REQUEST {
-                    c.out = answer(&c.req, workers);
+                    c.out = answer(&c.req, workers, proxy);
                     return Ok(true);
                 }
             }
@@ -211,12 +232,12 @@ pub fn head_complete(req: &[u8]) -> bool {
 }
 
 /// The whole HTTP answer to a request head.
-pub fn answer(req: &[u8], workers: &[Arc<WorkerStats>]) -> Vec<u8> {
+pub fn answer(req: &[u8], workers: &[Arc<WorkerStats>], proxy: &ProxyStats) -> Vec<u8> {
     let first = req.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let (status, body) = if req.len() > MAX_REQUEST {
         ("431 Request Header Fields Too Large", "request too large\n".to_string())
     } else if first.starts_with(b"GET /metrics ") || first.starts_with(b"GET / ") {
-        ("200 OK", render(workers))
+        ("200 OK", render(workers, proxy))
     } else {
         ("404 Not Found", "only GET /metrics is served\n".to_string())
     };
@@ -229,10 +250,14 @@ pub fn answer(req: &[u8], workers: &[Arc<WorkerStats>]) -> Vec<u8> {
     out
 }
 
-/// The metrics text: one series per worker.
-pub fn render(workers: &[Arc<WorkerStats>]) -> String {
+/// The `version` of `gtm_proxy_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The metrics text: per-worker series, then the proxy-wide ones.
+pub fn render(workers: &[Arc<WorkerStats>], proxy: &ProxyStats) -> String {
     type Get = fn(&WorkerStats) -> u64;
-    let series: [(&str, &str, &str, Get); 10] = [
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let series: [(&str, &str, &str, Get); 13] = [
         ("gtm_proxy_backends", "gauge", "Connected backends.", |s| s.backends.load(Ordering::Relaxed) as u64),
         ("gtm_proxy_requests_total", "counter", "Backend requests received.", |s| s.requests.load(Ordering::Relaxed)),
         ("gtm_proxy_gtm_answers_total", "counter", "Answers received from the GTM.", |s| {
@@ -249,6 +274,24 @@ pub fn render(workers: &[Arc<WorkerStats>]) -> String {
             "counter",
             "Reconnect orders carried out (planned moves, not failures).",
             |s| s.reconnect_orders.load(Ordering::Relaxed),
+        ),
+        (
+            "gtm_proxy_replays_total",
+            "counter",
+            "Requests sent again on a new GTM link after the link they were in flight on was lost.",
+            |s| s.replays.load(Ordering::Relaxed),
+        ),
+        (
+            "gtm_proxy_outcome_unknown_total",
+            "counter",
+            "Requests answered E \"outcome unknown after GTM failover\": in flight on a lost link, not safe to send again.",
+            |s| s.outcome_unknown.load(Ordering::Relaxed),
+        ),
+        (
+            "gtm_proxy_hold_timeouts_total",
+            "counter",
+            "Requests answered E after being held for the GTM longer than hold_timeout.",
+            |s| s.hold_timeouts.load(Ordering::Relaxed),
         ),
         ("gtm_proxy_gtm_link_up", "gauge", "1 while the worker's GTM link is ready.", |s| {
             s.link_up.load(Ordering::Relaxed) as u64
@@ -270,9 +313,41 @@ pub fn render(workers: &[Arc<WorkerStats>]) -> String {
             let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(w));
         }
     }
+
+    let name = "gtm_proxy_gtm_reconnects_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} GTM links left for a new one, by cause: order (gtm_ctl reconnect) or failure (link lost).\n\
+         # TYPE {name} counter"
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{worker=\"{i}\",cause=\"order\"}} {}", load(&w.reconnect_orders));
+        let _ = writeln!(out, "{name}{{worker=\"{i}\",cause=\"failure\"}} {}", load(&w.link_failures));
+    }
+
+    let name = "gtm_proxy_refused_connections_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections turned away before their first request, by reason.\n# TYPE {name} counter"
+    );
+    for why in Refused::ALL {
+        let n = proxy.refused.get(why) + workers.iter().map(|w| w.refused.get(why)).sum::<u64>();
+        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", why.label());
+    }
+
+    let name = "gtm_proxy_build_info";
+    let _ = writeln!(
+        out,
+        "# HELP {name} This gtm_proxy's version and the GTM protocol it speaks (Postgres-XL 10); always 1.\n\
+         # TYPE {name} gauge\n{name}{{version=\"{VERSION}\",protocol=\"XL10\"}} 1"
+    );
+
+    let trips: Vec<latency::Snapshot> = workers.iter().map(|w| w.round_trip.snapshot()).collect();
+    latency::write_prometheus(&mut out, &trips);
     let sizes: Vec<BatchSizes> =
         workers.iter().map(|w| w.batch_sizes.lock().map(|s| s.clone()).unwrap_or_default()).collect();
     BatchSizes::write_prometheus(&mut out, &sizes);
+    process::write_prometheus(&mut out);
     out
 }
 
@@ -283,16 +358,17 @@ mod tests {
     #[test]
     fn answers() {
         let w = vec![Arc::new(WorkerStats::default())];
+        let p = ProxyStats::default();
         w[0].backends.store(3, Ordering::Relaxed);
-        let ok = String::from_utf8(answer(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &w)).unwrap();
+        let ok = String::from_utf8(answer(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &w, &p)).unwrap();
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains("gtm_proxy_backends{worker=\"0\"} 3\n"), "{ok}");
         let (head, body) = ok.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
-        let nf = String::from_utf8(answer(b"POST /metrics HTTP/1.1\r\n\r\n", &w)).unwrap();
+        let nf = String::from_utf8(answer(b"POST /metrics HTTP/1.1\r\n\r\n", &w, &p)).unwrap();
         assert!(nf.starts_with("HTTP/1.1 404 "), "{nf}");
         let big = vec![b'a'; MAX_REQUEST + 1];
-        assert!(String::from_utf8(answer(&big, &w)).unwrap().starts_with("HTTP/1.1 431 "));
+        assert!(String::from_utf8(answer(&big, &w, &p)).unwrap().starts_with("HTTP/1.1 431 "));
     }
 
     #[test]
@@ -300,5 +376,42 @@ mod tests {
         assert!(!head_complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"));
         assert!(head_complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert!(head_complete(b"GET /metrics HTTP/1.0\n\n"));
+    }
+
+    #[test]
+    fn rendered_text_is_valid_exposition_with_every_family() {
+        let w = vec![Arc::new(WorkerStats::default()), Arc::new(WorkerStats::default())];
+        let p = ProxyStats::default();
+        w[0].round_trip.observe(Duration::from_micros(300));
+        w[0].round_trip.observe(Duration::from_millis(40));
+        w[1].round_trip.observe(Duration::from_secs(30));
+        w[0].link_failures.fetch_add(2, Ordering::Relaxed);
+        w[1].reconnect_orders.fetch_add(1, Ordering::Relaxed);
+        w[1].hold_timeouts.fetch_add(5, Ordering::Relaxed);
+        p.refused.count(Refused::MaxBackends);
+        w[0].refused.count(Refused::StartupTimeout);
+        w[1].refused.count(Refused::StartupTimeout);
+        let text = render(&w, &p);
+        if let Err(e) = exposition::check(&text) {
+            panic!("{e}\n{text}");
+        }
+        let value = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+        for why in Refused::ALL {
+            assert!(value(&format!("gtm_proxy_refused_connections_total{{reason=\"{}\"}} ", why.label())).is_some());
+        }
+        assert_eq!(value("gtm_proxy_refused_connections_total{reason=\"max_backends\"} "), Some("1"));
+        assert_eq!(value("gtm_proxy_refused_connections_total{reason=\"startup_timeout\"} "), Some("2"));
+        assert_eq!(value("gtm_proxy_refused_connections_total{reason=\"access\"} "), Some("0"));
+        assert_eq!(value("gtm_proxy_gtm_reconnects_total{worker=\"0\",cause=\"failure\"} "), Some("2"));
+        assert_eq!(value("gtm_proxy_gtm_reconnects_total{worker=\"1\",cause=\"order\"} "), Some("1"));
+        assert_eq!(value("gtm_proxy_hold_timeouts_total{worker=\"1\"} "), Some("5"));
+        assert_eq!(value("gtm_proxy_gtm_round_trip_seconds_count{worker=\"0\"} "), Some("2"));
+        assert_eq!(value("gtm_proxy_gtm_round_trip_seconds_bucket{worker=\"1\",le=\"10\"} "), Some("0"));
+        assert_eq!(value("gtm_proxy_gtm_round_trip_seconds_bucket{worker=\"1\",le=\"+Inf\"} "), Some("1"));
+        let info = format!("gtm_proxy_build_info{{version=\"{}\",protocol=\"XL10\"}} ", env!("CARGO_PKG_VERSION"));
+        assert_eq!(value(&info), Some("1"));
+        for family in ["gtm_proxy_replays_total", "gtm_proxy_outcome_unknown_total", "gtm_proxy_multi_size"] {
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
+        }
     }
 }

@@ -95,7 +95,8 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
 
     let mut poll = Poll::new().map_err(|e| ProxyError::Io("poll", e))?;
     let allow = AllowList::from_config(&cfg).map_err(ProxyError::Access)?;
-    let mut acceptor = Acceptor::bind(&cfg, allow, poll.registry())?;
+    let proxy_stats = Arc::new(metrics::ProxyStats::default());
+    let mut acceptor = Acceptor::bind(&cfg, allow, poll.registry(), proxy_stats.clone())?;
     let bound = acceptor.local_addr()?;
 
     let me = Identity {
@@ -124,7 +125,7 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
         let addr = (host, cfg.metrics_port).to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
             ProxyError::Listen(format!("{host}:{}", cfg.metrics_port), io::Error::other("no address"))
         })?;
-        metrics::spawn(addr, pool.stats()).map_err(|e| ProxyError::Listen(addr.to_string(), e))?;
+        metrics::spawn(addr, pool.stats(), proxy_stats).map_err(|e| ProxyError::Listen(addr.to_string(), e))?;
     }
     let signals = spawn_signal_thread(main_waker.clone())?;
     let (reg_tx, reg_rx) = unbounded::<Registered>();

@@ -94,6 +94,9 @@ pub struct Upstream {
     client_id: u32,
     /// Frames sent and not yet answered, oldest first.
     fifo: VecDeque<Pending>,
+    /// When each frame of `fifo` was written (same order and length), for
+    /// the round-trip figures.
+    sent_at: VecDeque<Instant>,
     /// Last time bytes arrived from the GTM (or the link became ready).
     last_read: Instant,
     node_name: String,
@@ -114,6 +117,7 @@ impl Upstream {
             wbuf: BytesMut::with_capacity(64 * 1024),
             client_id: 0,
             fifo: VecDeque::new(),
+            sent_at: VecDeque::new(),
             last_read: Instant::now(),
             node_name,
             read_paused: false,
@@ -174,19 +178,22 @@ impl Upstream {
         self.fifo.iter()
     }
 
-    /// The oldest frame that owes an answer.
-    pub fn pop_owed(&mut self) -> Option<Pending> {
-        self.fifo.pop_front()
+    /// The oldest frame that owes an answer, and when it was written.
+    pub fn pop_owed(&mut self) -> Option<(Pending, Instant)> {
+        let p = self.fifo.pop_front()?;
+        Some((p, self.sent_at.pop_front().unwrap_or_else(Instant::now)))
     }
 
     /// Put back a frame taken with [`Upstream::pop_owed`].
-    pub fn unpop_owed(&mut self, p: Pending) {
+    pub fn unpop_owed(&mut self, p: Pending, sent: Instant) {
         self.fifo.push_front(p);
+        self.sent_at.push_front(sent);
     }
 
     /// Take every owed frame, oldest first (the link is gone; the owner
     /// decides which are sent again).
     pub fn take_owed(&mut self) -> Vec<Pending> {
+        self.sent_at.clear();
         self.fifo.drain(..).collect()
     }
 
@@ -285,9 +292,13 @@ impl Upstream {
     /// Write everything `batch` collected, then push it out.
     pub fn send_batch(&mut self, batch: &mut Batcher, max: usize) -> Result<(), LinkError> {
         let n = batch.flush(max, &mut self.wbuf, &mut self.fifo);
-        if n > 0 && self.fifo.len() == n {
-            // Nothing was owed before: the silence clock starts now.
-            self.last_read = Instant::now();
+        if n > 0 {
+            let now = Instant::now();
+            self.sent_at.extend(std::iter::repeat_n(now, n));
+            if self.fifo.len() == n {
+                // Nothing was owed before: the silence clock starts now.
+                self.last_read = now;
+            }
         }
         self.flush()
     }

@@ -21,6 +21,7 @@ use crate::codec::{ClientFrame, RawFrame, StartupPacket};
 use crate::proxy::admission::{self, Admission};
 use crate::proxy::backend::{Backend, Deadlines, Peer, State};
 use crate::proxy::batch::{Forward, Route};
+use crate::proxy::metrics::refusals::Refused;
 
 impl Worker {
     pub(super) fn add_backend(&mut self, std_sock: std::net::TcpStream) {
@@ -28,27 +29,28 @@ impl Worker {
             return;
         }
         if let Err(e) = std_sock.set_nonblocking(true) {
-            warn!("worker {}: cannot make backend socket non-blocking: {e}", self.id);
+            warn!("cannot make backend socket non-blocking: {e}");
             return;
         }
         let sock = TcpStream::from_std(std_sock);
         let entry = self.backends.vacant_entry();
         let key = entry.key();
         let Some((conn, gen)) = self.ids.alloc(key) else {
-            warn!("worker {}: no backend identifier left on this GTM link; refusing connection", self.id);
+            warn!("no backend identifier left on this GTM link; refusing connection");
+            self.stats.refused.count(Refused::NoIdentifier);
             crate::proxy::refuse(sock, "too many connections to this gtm_proxy worker");
             return;
         };
         let mut b = Backend::new(sock, conn, gen);
         if let Err(e) = b.register(self.poll.registry(), Token(key + FIRST_BACKEND)) {
-            warn!("worker {}: cannot register backend: {e}", self.id);
+            warn!("cannot register backend: {e}");
             let _ = self.ids.release(conn, gen, false, None);
             return;
         }
         let route = b.route();
         entry.insert(b);
         self.stats.backends.fetch_add(1, Ordering::Relaxed);
-        debug!("worker {}: backend {key} accepted as conn id {conn}", self.id);
+        debug!("backend {key} accepted as conn id {conn}");
         self.starting += 1;
         self.starting_order.push_back((key, route));
         self.limit_starting();
@@ -75,6 +77,7 @@ impl Worker {
             }
             self.process_backend(key);
             if starting(self) {
+                self.stats.refused.count(Refused::MaxStartupBackends);
                 self.drop_with_error(key, "too many connections in start-up");
             }
         }
@@ -84,9 +87,15 @@ impl Worker {
     /// forgets start-up entries of backends that started or left.
     pub(super) fn expire_backends(&mut self, now: Instant) {
         let d = Deadlines { startup: self.cfg.backend_startup_timeout, frame: self.cfg.backend_frame_timeout };
-        let late: Vec<(usize, &'static str)> =
-            self.backends.iter().filter_map(|(k, b)| b.overdue(now, d).map(|why| (k, why))).collect();
-        for (key, why) in late {
+        let late: Vec<(usize, &'static str, bool)> = self
+            .backends
+            .iter()
+            .filter_map(|(k, b)| b.overdue(now, d).map(|why| (k, why, b.state() == State::Startup)))
+            .collect();
+        for (key, why, starting) in late {
+            if starting {
+                self.stats.refused.count(Refused::StartupTimeout);
+            }
             self.drop_with_error(key, why);
         }
         let backends = &self.backends;
@@ -103,7 +112,7 @@ impl Worker {
         let _ = b.flush();
         let now = Instant::now();
         if let Some(s) = b.may_log(now) {
-            warn!("worker {}: backend {key}: {why}; closing it{s}", self.id);
+            warn!("backend {key}: {why}; closing it{s}");
         }
         self.close_backend(key, why);
     }
@@ -115,7 +124,7 @@ impl Worker {
         }
         if readable {
             if let Err(e) = b.read(&mut self.scratch, MAX_BACKEND_FRAME) {
-                debug!("worker {}: backend {key} read error: {e}", self.id);
+                debug!("backend {key} read error: {e}");
             }
         }
         if reset {
@@ -195,6 +204,7 @@ impl Worker {
         if b.state() == State::Startup {
             if raw.tag != TAG_STARTUP {
                 let msg = format!("Expecting a startup message, but received {}", raw.tag as char);
+                self.stats.refused.count(Refused::BadStartup);
                 self.log_backend(key, &msg);
                 if let Some(b) = self.backends.get_mut(key) {
                     b.abort("ERROR", &msg);
@@ -211,6 +221,7 @@ impl Worker {
                         Err(deny) => {
                             let peer = b.peer_addr().map_or_else(|| format!("backend {key}"), |p| p.to_string());
                             crate::proxy::access::report_denied(&peer, &deny);
+                            self.stats.refused.count(Refused::Access);
                             b.abort("FATAL", &deny.to_string());
                         }
                     }
@@ -218,6 +229,7 @@ impl Worker {
                 Err(e) => {
                     let n = raw.body.len();
                     self.log_backend(key, &format!("bad startup packet ({n} bytes): {e}"));
+                    self.stats.refused.count(Refused::BadStartup);
                     if let Some(b) = self.backends.get_mut(key) {
                         b.abort("FATAL", &format!("invalid startup packet: {e}"));
                     }
@@ -269,7 +281,7 @@ impl Worker {
                 return;
             }
         }
-        trace!("worker {}: backend {key} (id {}) request queued", self.id, route.conn);
+        trace!("backend {key} (id {}) request queued", route.conn);
         if let Some(b) = self.backends.get_mut(key) {
             b.request_sent(Instant::now());
         }
@@ -280,7 +292,10 @@ impl Worker {
         if self.up.is_ready() {
             return None;
         }
-        if !self.failover.holding() {
+        // Never connected and an attempt failed: the GTM is not there (the
+        // proxy started without it); holding would only delay the answer.
+        let absent = !self.ever_ready && self.connect_failures > 0;
+        if absent || !self.failover.holding() {
             return Some(format!("GTM unavailable: {}", self.down_reason));
         }
         if self.batch.len() >= self.cfg.hold_max_requests {
@@ -326,7 +341,7 @@ impl Worker {
     fn log_backend(&mut self, key: usize, msg: &str) {
         let Some(b) = self.backends.get_mut(key) else { return };
         if let Some(s) = b.may_log(Instant::now()) {
-            warn!("worker {}: backend {key}: {msg}{s}", self.id);
+            warn!("backend {key}: {msg}{s}");
         }
     }
 
@@ -340,13 +355,13 @@ impl Worker {
             let flushed = b.flush();
             if let Ok(false) = flushed {
                 if b.wbuf.len() > limit {
-                    warn!("worker {}: backend {key} does not read its answers; closing it", self.id);
+                    warn!("backend {key} does not read its answers; closing it");
                     self.close_backend(key, "output limit exceeded");
                     continue;
                 }
             }
             if let Err(e) = &flushed {
-                debug!("worker {}: backend {key} write error: {e}", self.id);
+                debug!("backend {key} write error: {e}");
                 b.broken();
             }
             // Writable interest only while output waits, so that writable
@@ -375,9 +390,9 @@ impl Worker {
         if b.state() == State::Startup {
             self.starting = self.starting.saturating_sub(1);
         }
-        debug!("worker {}: backend {key} (conn id {}) gone: {why}", self.id, b.conn);
+        debug!("backend {key} (conn id {}) gone: {why}", b.conn);
         if let Some(s) = b.log_summary() {
-            warn!("worker {}: backend {key} gone: {why}{s}", self.id);
+            warn!("backend {key} gone: {why}{s}");
         }
         let disc = self.departure(b.conn, b.gen, b.peer.as_ref().map(Peer::disconnect_request));
         if let Some(d) = self.ids.release(b.conn, b.gen, b.is_waiting(), disc) {

@@ -102,16 +102,16 @@ impl Worker {
     /// The GTM answered the startup packet: requests flow again.
     fn link_ready(&mut self, client_id: u32, same_client_id: bool) {
         let addr = self.up.addr_string();
-        info!("worker {}: connected to GTM {addr} as client id {client_id}", self.id);
+        info!("connected to GTM {addr} as client id {client_id}");
         if same_client_id {
             warn!(
-                "worker {}: GTM {addr} granted this link's previous client id {client_id}: treating it as \
+                "GTM {addr} granted this link's previous client id {client_id}: treating it as \
                  a promoted standby; {} GXIDs from before are ended by GXID, not by backend disconnect",
-                self.id,
                 self.ledger.old_count()
             );
         }
         self.promoted = same_client_id;
+        self.ever_ready = true;
         self.floors.link = self.high.get();
         self.failover.on_connected();
         self.connect_failures = 0;
@@ -119,28 +119,29 @@ impl Worker {
             self.timers.cancel(t);
         }
         if !self.batch.is_empty() {
-            info!("worker {}: sending {} held requests", self.id, self.batch.len());
+            info!("sending {} held requests", self.batch.len());
         }
     }
 
     /// Split one answer per backend, vet each, and queue it for its backend.
     fn route_answer(&mut self, f: &ServerFrame) -> Result<(), LinkError> {
-        let Some(pending) = self.up.pop_owed() else { return Err(LinkError::Unsolicited) };
+        let Some((pending, sent)) = self.up.pop_owed() else { return Err(LinkError::Unsolicited) };
         self.stats.upstream_frames.fetch_add(1, Ordering::Relaxed);
+        self.stats.round_trip.observe(sent.elapsed());
         let mut delivered = Vec::with_capacity(pending.len());
         let mut refused = Vec::new();
-        let (id, floors) = (self.id, self.floors);
+        let floors = self.floors;
         let res = split_answer(&pending, f, |route, gxid, answer| {
             delivered.push(route);
             let verdict = vetting::vet(&mut self.ledger, &self.high, floors, &pending, route, gxid, answer);
-            log_verdict(id, verdict);
+            log_verdict(verdict);
             if let Verdict::DuplicateGxid { gxid, .. } = verdict {
                 refused.push(gxid);
                 // This GTM is behind: old GXID numbers may belong to others
                 // here, so they must never be rolled back by number.
                 self.ledger.clear_old();
             }
-            trace!("worker {id}: answer for id {} (gxid {gxid}): {answer:?}, {verdict:?}", route.conn);
+            trace!("answer for id {} (gxid {gxid}): {answer:?}, {verdict:?}", route.conn);
             if let Some(key) = self.ids.lookup(route.conn, route.gen) {
                 if let Some(b) = self.backends.get_mut(key) {
                     if verdict.write(answer, &mut b.wbuf) {
@@ -156,11 +157,11 @@ impl Worker {
             // older transaction with the same GXID, and ending that one
             // could make a commit in progress look finished. Left for the
             // DBA, who has to repair the GTM anyway.
-            error!("worker {}: GXIDs refused and left open on GTM {}: {refused:?}", self.id, self.up.addr_string());
+            error!("GXIDs refused and left open on GTM {}: {refused:?}", self.up.addr_string());
         }
         if let Err(e) = res {
             // Put the entry back: the owner decides what to do with it.
-            self.up.unpop_owed(pending);
+            self.up.unpop_owed(pending, sent);
             return Err(LinkError::OutOfStep(e));
         }
         for route in delivered {
@@ -214,16 +215,14 @@ impl Worker {
         if was_ready && ordered {
             crate::xlog!(
                 LOG,
-                "worker {}: leaving the GTM link on a reconnect order; {owed} requests in flight are sent again on {} \
+                "leaving the GTM link on a reconnect order; {owed} requests in flight are sent again on {} \
                  or failed by their replay rule",
-                self.id,
                 self.up.addr_string()
             );
         } else if was_ready {
             self.stats.link_failures.fetch_add(1, Ordering::Relaxed);
             error!(
-                "worker {}: GTM link {} lost: {err}; {owed} requests in flight (sent again or failed by their replay rule), {} held",
-                self.id,
+                "GTM link {} lost: {err}; {owed} requests in flight (sent again or failed by their replay rule), {} held",
                 self.up.addr_string(),
                 self.batch.len()
             );
@@ -233,9 +232,9 @@ impl Worker {
             self.connect_failures += 1;
             let n = self.connect_failures;
             if n <= 3 || n.is_power_of_two() {
-                warn!("worker {}: cannot connect to GTM {} (attempt {n}): {err}", self.id, self.up.addr_string());
+                warn!("cannot connect to GTM {} (attempt {n}): {err}", self.up.addr_string());
             } else {
-                debug!("worker {}: cannot connect to GTM {} (attempt {n}): {err}", self.id, self.up.addr_string());
+                debug!("cannot connect to GTM {} (attempt {n}): {err}", self.up.addr_string());
             }
         }
         self.settle_owed();
@@ -245,6 +244,15 @@ impl Worker {
         }
         if !ordered {
             self.down_reason = format!("{err} (GTM {})", self.up.addr_string());
+            if !self.ever_ready && !self.batch.is_empty() {
+                // The GTM has not been there since start: what arrived
+                // before this attempt failed is answered now, as what
+                // arrives after it will be (see `link_refusal`).
+                let msg = format!("GTM unavailable: {}", self.down_reason);
+                for route in self.batch.take_routes() {
+                    self.fail_request(route, &msg);
+                }
+            }
         }
         let action = if ordered {
             self.failover.on_reconnect_order()
@@ -272,6 +280,7 @@ impl Worker {
             match replay::rule(&p) {
                 Rule::OutcomeUnknown => {
                     for route in p.routes() {
+                        self.stats.outcome_unknown.fetch_add(1, Ordering::Relaxed);
                         failed.push((
                             route,
                             format!(
@@ -283,11 +292,15 @@ impl Worker {
                 }
                 Rule::Replay => {
                     let mut over = Vec::new();
+                    let mut again = 0;
                     for route in p.routes() {
-                        if !self.replays.lost_once_more(route) {
+                        if self.replays.lost_once_more(route) {
+                            again += 1;
+                        } else {
                             over.push(route);
                         }
                     }
+                    self.stats.replays.fetch_add(again, Ordering::Relaxed);
                     let p = if over.is_empty() { Some(p) } else { without_routes(p, &over) };
                     for route in over {
                         failed.push((
@@ -306,7 +319,7 @@ impl Worker {
             }
         }
         for (route, msg) in failed {
-            warn!("worker {}: backend id {}: {msg}", self.id, route.conn);
+            warn!("backend id {}: {msg}", route.conn);
             self.fail_request(route, &msg);
         }
     }
@@ -321,11 +334,7 @@ impl Worker {
                 self.failover_timer = Some(self.timers.arm_in(Instant::now(), d, TimerKind::Failover));
             }
             Action::FailHeldAndWait(d) => {
-                error!(
-                    "worker {}: GTM unavailable, giving up on {} held requests; still retrying every {d:?}",
-                    self.id,
-                    self.batch.len()
-                );
+                error!("GTM unavailable, giving up on {} held requests; still retrying every {d:?}", self.batch.len());
                 let msg = format!("GTM unavailable: {}", self.down_reason);
                 for route in self.batch.take_routes() {
                     self.fail_request(route, &msg);
@@ -358,17 +367,16 @@ impl Worker {
         for (gxid, state, old) in &left {
             match state {
                 GxState::Vacuum => {
-                    debug!("worker {}: ending autovacuum GXID {gxid} of departed backend id {conn}", self.id);
+                    debug!("ending autovacuum GXID {gxid} of departed backend id {conn}");
                     self.batch.rollbacks.push((INTERNAL, *gxid));
                 }
                 GxState::Open if *old || special => {
-                    info!("worker {}: rolling back GXID {gxid} of departed backend id {conn} (from before the GTM link was lost)", self.id);
+                    info!("rolling back GXID {gxid} of departed backend id {conn} (from before the GTM link was lost)");
                     self.batch.rollbacks.push((INTERNAL, *gxid));
                 }
                 GxState::InDoubt if *old => warn!(
-                    "worker {}: GXID {gxid} of departed backend id {conn} was being ended or prepared when the GTM \
-                     link was lost; left to the GTM",
-                    self.id
+                    "GXID {gxid} of departed backend id {conn} was being ended or prepared when the GTM \
+                     link was lost; left to the GTM"
                 ),
                 _ => {}
             }
@@ -404,8 +412,9 @@ impl Worker {
             .collect();
         for route in expired {
             if self.batch.drop_route(route) > 0 {
+                self.stats.hold_timeouts.fetch_add(1, Ordering::Relaxed);
                 let msg = format!("GTM unavailable: {} (request held longer than hold_timeout)", self.down_reason);
-                warn!("worker {}: backend id {}: {msg}", self.id, route.conn);
+                warn!("backend id {}: {msg}", route.conn);
                 self.fail_request(route, &msg);
             }
         }
@@ -426,16 +435,16 @@ fn without_routes(p: Pending, routes: &[Route]) -> Option<Pending> {
 }
 
 /// Say what vetting changed, if anything.
-fn log_verdict(id: usize, verdict: Verdict) {
+fn log_verdict(verdict: Verdict) {
     match verdict {
         Verdict::Pass => {}
         Verdict::DuplicateGxid { gxid, floor } => error!(
-            "worker {id}: GTM handed out GXID {gxid}, not above GXID {floor} already handed \
+            "GTM handed out GXID {gxid}, not above GXID {floor} already handed \
              out by this proxy: refusing it to avoid duplicate transaction ids"
         ),
         Verdict::AlreadyEnded { gxid, .. } => {
-            warn!("worker {id}: GTM does not know GXID {gxid} any more; its end is reported as done")
+            warn!("GTM does not know GXID {gxid} any more; its end is reported as done")
         }
-        Verdict::Lost { gxid } => error!("worker {id}: GTM lost open transaction {gxid}; its backend must abort"),
+        Verdict::Lost { gxid } => error!("GTM lost open transaction {gxid}; its backend must abort"),
     }
 }

@@ -40,6 +40,8 @@ use super::coalesce::{BatchSizes, Coalescer, HoldPolicy};
 use super::failover::{Failover, Policy};
 use super::ids::ConnIds;
 use super::ledger::{HighWater, Ledger};
+use super::metrics::latency::RoundTrips;
+use super::metrics::refusals::Refusals;
 use super::upstream::{LinkError, Upstream};
 use super::vetting::Floors;
 use crate::codec::frame;
@@ -86,7 +88,7 @@ pub enum StopMode {
     Immediate,
 }
 
-/// Counters shared with the main thread (and, later, the metrics endpoint).
+/// Counters shared with the main thread and the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub backends: AtomicUsize,
@@ -107,6 +109,17 @@ pub struct WorkerStats {
     pub ledger_gxids: AtomicUsize,
     /// Elements per MULTI sent, per type; the worker adds its counts every tick.
     pub batch_sizes: Mutex<BatchSizes>,
+    /// Requests sent again on a new link after the link they were in
+    /// flight on was lost.
+    pub replays: AtomicU64,
+    /// Requests answered `E` "outcome unknown after GTM failover".
+    pub outcome_unknown: AtomicU64,
+    /// Requests answered `E` for being held longer than `hold_timeout`.
+    pub hold_timeouts: AtomicU64,
+    /// Time from writing each frame upstream to reading its answer.
+    pub round_trip: RoundTrips,
+    /// Connections this worker turned away, by reason.
+    pub refused: Refusals,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +168,6 @@ impl WorkLists {
 }
 
 pub struct Worker {
-    id: usize,
     poll: Poll,
     cfg: Arc<Config>,
     rx: Receiver<Control>,
@@ -188,6 +200,10 @@ pub struct Worker {
     replays: replay::ReplayCounts<Route>,
     /// Connection attempts failed since the link was last ready.
     connect_failures: u64,
+    /// A link of this worker has been ready at least once. Until then a
+    /// failed attempt means the GTM is not there at all (started without
+    /// it): requests are answered at once instead of held for a failover.
+    ever_ready: bool,
     scratch: Vec<u8>,
     stats: Arc<WorkerStats>,
     stopping: Option<(StopMode, Instant)>,
@@ -218,7 +234,6 @@ impl Worker {
         let policy = Policy::from_config(&cfg);
         let coalesce = Coalescer::new(HoldPolicy::from_config(&cfg));
         let w = Worker {
-            id,
             poll,
             ids: ConnIds::new(crate::proxy::ids::ids_per_link()),
             cfg,
@@ -241,6 +256,7 @@ impl Worker {
             promoted: false,
             replays: Default::default(),
             connect_failures: 0,
+            ever_ready: false,
             scratch: vec![0; READ_CHUNK],
             stats,
             stopping: None,
@@ -264,7 +280,7 @@ impl Worker {
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
-                    error!("worker {}: poll failed: {e}", self.id);
+                    error!("poll failed: {e}");
                     break;
                 }
             }
@@ -291,7 +307,7 @@ impl Worker {
             }
         }
         self.shutdown_link();
-        info!("worker {} stopped", self.id);
+        info!("stopped");
     }
 
     /// Gauges for the metrics endpoint; plain stores, once per round.
@@ -354,7 +370,7 @@ impl Worker {
             match msg {
                 Control::NewBackend(s) => self.add_backend(s),
                 Control::Reconnect { host, port } => {
-                    info!("worker {}: moving to GTM {host}:{port}", self.id);
+                    info!("moving to GTM {host}:{port}");
                     self.up.retarget(host, port);
                     self.stats.reconnect_orders.fetch_add(1, Ordering::Relaxed);
                     self.link_failed(LinkError::ReconnectOrdered);
@@ -364,11 +380,11 @@ impl Worker {
                     self.coalesce.policy = HoldPolicy::from_config(&cfg);
                     self.up.set_keepalive(super::keepalive_of(&cfg));
                     self.cfg = cfg;
-                    info!("worker {}: configuration reloaded", self.id);
+                    info!("configuration reloaded");
                 }
                 // A stricter stop takes over one under way; never a milder one.
                 Control::Shutdown(mode) if self.stopping.is_none_or(|(cur, _)| mode > cur) => {
-                    info!("worker {}: {mode:?} shutdown", self.id);
+                    info!("{mode:?} shutdown");
                     self.stopping = Some((mode, Instant::now()));
                 }
                 Control::Shutdown(_) => {}
