@@ -200,9 +200,11 @@ pub struct Worker {
     replays: replay::ReplayCounts<Route>,
     /// Connection attempts failed since the link was last ready.
     connect_failures: u64,
-    /// A link of this worker has been ready at least once. Until then a
-    /// failed attempt means the GTM is not there at all (started without
-    /// it): requests are answered at once instead of held for a failover.
+    /// A link has been ready at least once: this worker's, or, for a
+    /// worker started in place of a dead one, any worker's (GXIDs were
+    /// handed out). Until then a failed attempt means the GTM is not there
+    /// at all (started without it): requests are answered at once instead
+    /// of held for a failover.
     ever_ready: bool,
     scratch: Vec<u8>,
     stats: Arc<WorkerStats>,
@@ -233,6 +235,7 @@ impl Worker {
         let up = Upstream::new(gtm_host, gtm_port, cfg.nodename.clone(), super::keepalive_of(&cfg));
         let policy = Policy::from_config(&cfg);
         let coalesce = Coalescer::new(HoldPolicy::from_config(&cfg));
+        let ever_ready = high.get() != 0;
         let w = Worker {
             poll,
             ids: ConnIds::new(crate::proxy::ids::ids_per_link()),
@@ -256,7 +259,7 @@ impl Worker {
             promoted: false,
             replays: Default::default(),
             connect_failures: 0,
-            ever_ready: false,
+            ever_ready,
             scratch: vec![0; READ_CHUNK],
             stats,
             stopping: None,
