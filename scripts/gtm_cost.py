@@ -129,7 +129,24 @@ class Server:
                     into[t] = into.get(t, 0) + float(line.rsplit(" ", 1)[1])
         return {t: {"multis": int(counts[t]), "mean": round(sums[t] / counts[t], 1)} for t in counts if counts[t]}
 
+    def alive(self):
+        return cpu_ticks(self.pid) is not None
+
+    def log_tail(self, n=20):
+        """The last lines of the server's log files (before its data directory goes)."""
+        out = []
+        for name in ("gtm.log", "gtm_proxy.log"):
+            path = os.path.join(self.data_dir or "", name)
+            try:
+                with open(path, errors="replace") as f:
+                    out += [f"{name}: {l.rstrip()}" for l in f.readlines()[-n:]]
+            except OSError:
+                pass
+        return "\n".join(out)
+
     def stop(self):
+        if not self.alive():
+            log(f"{self.name} (pid {self.pid}) had exited before its stop; log:\n{self.log_tail()}")
         for sig in (15, 9):
             if self.pid and cpu_ticks(self.pid) is not None:
                 try:
@@ -289,10 +306,20 @@ def bench(ours, ports, backends, duration, warmup, watch, think_us=0):
 
 def summarize(results, rates, names):
     ok = all(r.get("ok") for r in results)
+    for r in results:
+        if r.get("fatal") or not r.get("ok"):
+            log(f"bench not ok: fatal={r.get('fatal')!r} stop_reason={r.get('stop_reason')!r} errors={r.get('errors')}")
     tps = sum(r.get("txn_per_s") or 0 for r in results)
     p99 = max((r.get("latency_us", {}).get("txn", {}).get("p99") or 0) for r in results)
     out = {"ok": ok, "txn_per_s": round(tps, 1), "txn_p99_us": p99}
     out["errors"] = sum(r.get("errors", {}).get("total", 0) for r in results)
+    # Mean latency per step (µs, weighted by count across benches): with
+    # txn/s they give, by Little's law, how many transactions are open.
+    for op in ("begin", "snapshot", "commit", "txn"):
+        stats = [r.get("latency_us", {}).get(op, {}) for r in results]
+        n = sum(s.get("count") or 0 for s in stats)
+        tot = sum((s.get("count") or 0) * (s.get("mean") or 0) for s in stats)
+        out[f"{op}_mean_us"] = round(tot / n, 1) if n else None
     for name, rate in zip(names, rates):
         out[f"{name}_cpu_us_per_txn"] = None if rate is None or not tps else round(rate * 1e6 / tps, 3)
     return out
@@ -326,6 +353,8 @@ def cmd_compare(a):
                     s["multi_sizes"] = px.multi_sizes()
                     runs[name].append(s)
                     log(json.dumps(s))
+                    if not gtm.alive():
+                        raise RuntimeError(f"the GTM exited during the {name} run")
                 finally:
                     px.stop()
     finally:
@@ -377,28 +406,54 @@ def cmd_cluster(a):
     return {"mode": "cluster", "gtm": a.gtm, "params": vars(a) | {"func": None}, "table": table}
 
 
+def open_fds(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
 def cmd_idle(a):
+    """Proxy RSS with no backend, then with BACKENDS backends connected and
+    idle (startup done, no request: gtm_bench with a think time longer than
+    the run, which thinks before its first transaction)."""
     gtm = start_sim(a.ours, "idle_sim")
     px = start_ours(a.ours, gtm.port, "idle_proxy", a.hold_ms)
+    b = None
     try:
         time.sleep(0.5)
-        at0 = rss_kib(px.pid)
-        log(f"{a.backends} backends, one transaction each, then thinking")
-        cmd = ["nice", "-n", "5", f"{a.ours}/gtm_bench", "--port", str(px.port), "--backends", str(a.backends)]
-        cmd += ["--duration", "8", "--warmup", "1", "--think-us", "60000000", "--json", "/dev/null"]
+        at0, fds0 = rss_kib(px.pid), open_fds(px.pid) or 0
+        log(f"{a.backends} backends connecting, then idle")
+        cmd = ["nice", "-n", "5", f"{a.ours}/gtm_bench", "--target", f"127.0.0.1:{px.port}", "--backends", str(a.backends)]
+        cmd += ["--duration", "120s", "--warmup", "0s", "--think", "1h", "--json", "/dev/null"]
         b = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(6)
+        # Wait (bounded) until the proxy holds every backend's connection and its RSS settles.
+        end, connected = time.time() + 90, 0
+        while time.time() < end and b.poll() is None:
+            connected = (open_fds(px.pid) or 0) - fds0
+            if connected >= a.backends:
+                break
+            time.sleep(0.2)
+        time.sleep(2)
         at_n = rss_kib(px.pid)
-        b.wait()
+        connected = (open_fds(px.pid) or 0) - fds0
     finally:
+        if b is not None and b.poll() is None:
+            b.send_signal(2)
+            try:
+                b.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                b.kill()
+                b.wait()
         px.stop()
         gtm.stop()
     return {
         "mode": "idle",
         "backends": a.backends,
+        "backends_connected": connected,
         "proxy_rss_kib_idle_0": at0,
         "proxy_rss_kib_idle_n": at_n,
-        "kib_per_backend": round((at_n - at0) / a.backends, 3) if at0 and at_n else None,
+        "kib_per_backend": round((at_n - at0) / max(connected, 1), 3) if at0 and at_n else None,
     }
 
 
