@@ -6,10 +6,8 @@
 //! `rounds/*`: the batcher under the coalescing policy over a stream of poll
 //! rounds against a GTM that answers a frame a fixed number of rounds after
 //! it was sent; the baseline is the same stream under full pipelining (the
-//! behaviour before the policy); `hold_begin` holds only begins
-//! (`batch_hold_types = begin`) and pipelines the rest. Each prints the
-//! MULTIs it built and their mean size once, so the benchmark output shows
-//! what the policy changes.
+//! behaviour before the policy). Both print the MULTIs they built and their
+//! mean size once, so the benchmark output shows what the policy changes.
 
 use std::collections::VecDeque;
 use std::hint::black_box;
@@ -20,7 +18,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use gtmproxy::codec::frame::{self, DEFAULT_MAX_FRAME};
 use gtmproxy::codec::{encode_result, Begin, Response, ServerFrame, Snapshot};
 use gtmproxy::proxy::batch::{in_flight, split_answer, Batcher, Pending, Route};
-use gtmproxy::proxy::coalesce::{Coalescer, HoldPolicy, Kind, Kinds};
+use gtmproxy::proxy::coalesce::{Coalescer, HoldPolicy, Kind};
 use std::time::Instant;
 
 fn route(i: usize) -> Route {
@@ -163,10 +161,7 @@ fn rounds(c: &mut Criterion) {
     for &per_round in &[1usize, 8, 64] {
         g.throughput(Throughput::Elements((3 * per_round * n_rounds) as u64));
         let mut out = BytesMut::with_capacity(1 << 20);
-        let all = HoldPolicy { held: Kinds::ALL, ..HoldPolicy::default() };
-        let begin = HoldPolicy { held: Kinds::BEGIN, ..HoldPolicy::default() };
-        let policies = [("coalescing", all), ("hold_begin", begin), ("baseline_pipelining", HoldPolicy::PIPELINE)];
-        for (name, policy) in policies {
+        for (name, policy) in [("coalescing", HoldPolicy::default()), ("baseline_pipelining", HoldPolicy::PIPELINE)] {
             let st = run_rounds(policy, n_rounds, per_round, latency, &mut out);
             eprintln!(
                 "rounds/{name}/{per_round}: {} MULTIs for {} elements, mean size {:.1} (GTM answers after {latency} rounds)",
@@ -193,13 +188,9 @@ fn plan(c: &mut Criterion) {
     let mut b = Batcher::default();
     b.begins.push((route(0), Begin { isolation: 1, read_only: false, session_id: Bytes::from_static(b"\0") }));
     b.snapshots.push((route(1), 1));
-    let mut co = Coalescer::new(HoldPolicy { held: Kinds::ALL, ..HoldPolicy::default() });
+    let mut co = Coalescer::default();
     let now = Instant::now();
     g.bench_function("coalescing_plan", |bch| {
-        bch.iter(|| black_box(co.plan(now, b.queued(), in_flight(black_box(&fifo).iter()), 1024)))
-    });
-    let mut co = Coalescer::new(HoldPolicy { held: Kinds::BEGIN, ..HoldPolicy::default() });
-    g.bench_function("hold_begin_plan", |bch| {
         bch.iter(|| black_box(co.plan(now, b.queued(), in_flight(black_box(&fifo).iter()), 1024)))
     });
     g.bench_function("baseline_counts_only", |bch| {

@@ -12,11 +12,7 @@ It builds nothing: it takes binary directories as arguments.
   scripts/gtm_cost.py idle --ours target/release --backends 10000
 
 compare: 1 proxy worker, BACKENDS backends (gtm_bench), the proxies taken in
-turn within each repetition (interleaved), REPS repetitions, medians. Ours
-runs as ours_coalescing (batch_hold_types = all: every MULTI type waits
-behind its own in flight), ours_hold_begin (batch_hold_types = begin: only
-begins wait; commits, rollbacks and snapshots go at once) and
-ours_pipelining (batch_hold = 0).
+turn within each repetition (interleaved), REPS repetitions, medians.
 GTM CPU and proxy CPU come from /proc/<pid>/stat (utime+stime) sampled
 during the bench's measured window; per transaction = CPU rate / txn rate.
 Ratios are taken against XL's C proxy within the same run.
@@ -204,7 +200,7 @@ def start_sim(ours, tag):
     return Server("gtm_sim", p, p.pid, port, data_dir=d)
 
 
-def start_ours(ours, gtm_port, tag, hold_ms, workers=1, hold_types=None):
+def start_ours(ours, gtm_port, tag, hold_ms, workers=1):
     d = tempfile.mkdtemp(prefix=f"gtm_cost_{tag}_")
     port, mport = free_port(), free_port()
     with open(os.path.join(d, "gtm_proxy.conf"), "w") as f:
@@ -213,8 +209,6 @@ def start_ours(ours, gtm_port, tag, hold_ms, workers=1, hold_types=None):
             f"gtm_host = '127.0.0.1'\ngtm_port = {gtm_port}\nworker_threads = {workers}\n"
             f"batch_hold = {hold_ms}ms\nmax_backends = 100000\nmetrics_port = {mport}\n"
         )
-        if hold_types:
-            f.write(f"batch_hold_types = '{hold_types}'\n")
     p = subprocess.Popen(
         ["nice", "-n", "5", f"{ours}/gtm_proxy", "-D", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -335,8 +329,7 @@ def cmd_compare(a):
     log(f"GTM ({a.gtm}) pid {gtm.pid} port {gtm.port}")
     setups = {
         "xl_proxy": lambda: start_xl_proxy(a.xl, a.run_dir, gtm.port, "gtm_cost_xlpx"),
-        "ours_coalescing": lambda: start_ours(a.ours, gtm.port, "ours_coalesce", a.hold_ms, hold_types="all"),
-        "ours_hold_begin": lambda: start_ours(a.ours, gtm.port, "ours_hold_begin", a.hold_ms, hold_types="begin"),
+        "ours_coalescing": lambda: start_ours(a.ours, gtm.port, "ours_coalesce", a.hold_ms),
         "ours_pipelining": lambda: start_ours(a.ours, gtm.port, "ours_pipeline", 0),
     }
     setups = {k: v for k, v in setups.items() if k == "xl_proxy" or k in a.variants}
@@ -475,14 +468,8 @@ def main():
         if name == "compare":
             p.add_argument("--backends", type=int, default=1000)
             p.add_argument("--reps", type=int, default=3)
-            variants = ["ours_coalescing", "ours_hold_begin", "ours_pipelining"]
-            p.add_argument(
-                "--variants",
-                nargs="+",
-                choices=variants,
-                default=variants,
-                help="our proxies to compare with XL's: batch_hold_types all / begin, or batch_hold = 0",
-            )
+            variants = ["ours_coalescing", "ours_pipelining"]
+            p.add_argument("--variants", nargs="+", choices=variants, default=variants, help="our proxies to run")
         if name == "cluster":
             p.add_argument("--total", type=int, default=1000, help="K*M, backends in all")
             p.add_argument("--proxies", type=int, nargs="+", default=[1, 2, 4, 8])

@@ -3,8 +3,7 @@
 //!
 //! On SIGHUP the file is read again ([`Config::reload`]). Keys marked
 //! [`Takes::Reload`] apply at once: the retry and failover schedule, hold limits,
-//! `upstream_timeout`, `batch_max`, `batch_hold`, `batch_in_flight`,
-//! `batch_hold_types`, `max_backends`,
+//! `upstream_timeout`, `batch_max`, `batch_hold`, `batch_in_flight`, `max_backends`,
 //! `backend_output_limit`, the backend deadlines, `max_startup_backends`, `backend_error_limit`,
 //! `log_min_messages` and `keepalives_*` (for connections opened after the reload:
 //! backends accepted and GTM links made). Keys marked [`Takes::Restart`] keep their
@@ -67,7 +66,6 @@ keys! {
     batch_max: Reload,
     batch_hold: Reload,
     batch_in_flight: Reload,
-    batch_hold_types: Reload,
     max_backends: Reload,
     backend_output_limit: Reload,
     metrics_port: Restart,
@@ -201,7 +199,7 @@ mod tests {
         assert_eq!(takes("KEEPALIVES_IDLE"), Some(Takes::Reload));
         assert_eq!(takes("worker_threads"), Some(Takes::Restart));
         assert_eq!(takes("nonsense"), None);
-        assert_eq!(all_keys().count(), 40);
+        assert_eq!(all_keys().count(), 39);
     }
 
     #[test]

@@ -124,8 +124,7 @@ pub use crate::logging::{LogLevel, ParseLogLevelError};
 /// `err_wait_interval`.
 ///
 /// Extensions of this proxy: `hold_max_requests`, `hold_timeout`, `upstream_timeout`,
-/// `batch_max`, `batch_hold`, `batch_in_flight`, `batch_hold_types`, `max_backends`, `backend_output_limit`,
-/// `metrics_port`,
+/// `batch_max`, `batch_hold`, `batch_in_flight`, `max_backends`, `backend_output_limit`, `metrics_port`,
 /// `metrics_listen_address`, `allowed_client_networks`, `allowed_node_names`,
 /// `allowed_remote_types`, `gtm_required_at_start`, `backend_startup_timeout`,
 /// `backend_frame_timeout`, `max_startup_backends`, `backend_error_limit`.
@@ -187,9 +186,6 @@ pub struct Config {
     pub batch_hold: Duration,
     /// Extension: MULTIs of one type in flight before new ones are held (default 1, 1..=1024).
     pub batch_in_flight: usize,
-    /// Extension: the `*_MULTI` types that may be held (`all`, or a list of `begin`,
-    /// `commit`, `rollback`, `snapshot`); the others are sent at once.
-    pub batch_hold_types: crate::proxy::coalesce::Kinds,
     /// Extension: most concurrent backend connections (default 20000).
     pub max_backends: usize,
     /// Extension: cap of one backend's unsent output, in bytes (default 1 MiB).
@@ -267,7 +263,6 @@ impl Config {
             batch_max: 1024,
             batch_hold: Duration::from_millis(2),
             batch_in_flight: 1,
-            batch_hold_types: crate::proxy::coalesce::DEFAULT_HELD,
             max_backends: 20_000,
             backend_output_limit: 1 << 20,
             metrics_port: 0,
@@ -419,9 +414,6 @@ impl Builder {
             "batch_max" => c.batch_max = parse_int(value, 1, MAX_BATCH as i64)? as usize,
             "batch_hold" => c.batch_hold = parse_duration(value)?,
             "batch_in_flight" => c.batch_in_flight = parse_int(value, 1, 1024)? as usize,
-            "batch_hold_types" => {
-                c.batch_hold_types = crate::proxy::coalesce::Kinds::parse(value).map_err(SetError::Invalid)?
-            }
             "max_backends" => c.max_backends = parse_int(value, 1, 1_000_000)? as usize,
             "backend_output_limit" => c.backend_output_limit = parse_bytes(value)? as usize,
             "metrics_port" => c.metrics_port = parse_port(value, 0)?,

@@ -46,7 +46,6 @@ fn defaults() {
     assert_eq!(c.batch_max, 1024);
     assert_eq!(c.batch_hold, Duration::from_millis(2));
     assert_eq!(c.batch_in_flight, 1);
-    assert_eq!(c.batch_hold_types, crate::proxy::coalesce::DEFAULT_HELD);
     assert_eq!(c.max_backends, 20_000);
     assert_eq!(c.backend_output_limit, 1024 * 1024);
     assert_eq!(c.metrics_port, 0);
@@ -85,7 +84,6 @@ fn every_key() {
          batch_max = 16384
          batch_hold = 0
          batch_in_flight = 4
-         batch_hold_types = 'commit, Snapshot'
          max_backends = 300
          backend_output_limit = 65536
          metrics_port = 9187
@@ -121,7 +119,6 @@ fn every_key() {
     assert_eq!(c.batch_max, 16384);
     assert_eq!(c.batch_hold, Duration::ZERO);
     assert_eq!(c.batch_in_flight, 4);
-    assert_eq!(c.batch_hold_types, crate::proxy::coalesce::Kinds([false, true, false, true]));
     assert_eq!(c.max_backends, 300);
     assert_eq!(c.backend_output_limit, 65536);
     assert_eq!(c.metrics_port, 9187);
@@ -299,8 +296,6 @@ fn out_of_range_names_file_line_key() {
     assert_eq!(acl.allowed_remote_types, "datanode");
     assert!(matches!(parse_err("allowed_client_networks = '10.0.0.0/40'"), ConfigError::InvalidValue { .. }));
     assert!(matches!(parse_err("allowed_remote_types = 'postgres'"), ConfigError::InvalidValue { .. }));
-    assert!(matches!(parse_err("batch_hold_types = 'begin, prepare'"), ConfigError::InvalidValue { .. }));
-    assert!(matches!(parse_err("batch_hold_types = ''"), ConfigError::InvalidValue { .. }));
     assert_eq!(parse_ok("hold_max_requests = 0").hold_max_requests, 0);
 }
 

@@ -52,49 +52,6 @@ impl Kind {
     }
 }
 
-/// A set of MULTI types: those the policy may hold (`batch_hold_types`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Kinds(pub [bool; 4]);
-
-impl Kinds {
-    pub const ALL: Kinds = Kinds([true; 4]);
-    pub const BEGIN: Kinds = Kinds([true, false, false, false]);
-
-    pub fn contains(self, k: Kind) -> bool {
-        self.0[k as usize]
-    }
-
-    /// `all`, or a comma-separated list of `begin`, `commit`, `rollback`,
-    /// `snapshot` (case-insensitive, at least one).
-    pub fn parse(s: &str) -> Result<Kinds, String> {
-        let mut set = [false; 4];
-        for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-            if word.eq_ignore_ascii_case("all") {
-                set = [true; 4];
-                continue;
-            }
-            let k = Kind::ALL.into_iter().find(|k| k.name().eq_ignore_ascii_case(word)).ok_or_else(|| {
-                format!("unknown MULTI type {word:?}: expected all, begin, commit, rollback or snapshot")
-            })?;
-            set[k as usize] = true;
-        }
-        if set == [false; 4] {
-            return Err("expected all, or one or more of begin, commit, rollback, snapshot".into());
-        }
-        Ok(Kinds(set))
-    }
-}
-
-impl std::fmt::Display for Kinds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if *self == Kinds::ALL {
-            return f.write_str("all");
-        }
-        let names: Vec<_> = Kind::ALL.into_iter().filter(|&k| self.contains(k)).map(Kind::name).collect();
-        f.write_str(&names.join(", "))
-    }
-}
-
 /// The knobs of the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HoldPolicy {
@@ -103,41 +60,25 @@ pub struct HoldPolicy {
     pub max_in_flight: usize,
     /// Longest an element is held; zero = never hold (full pipelining).
     pub budget: Duration,
-    /// The types that may be held; the others are always sent at once.
-    pub held: Kinds,
 }
 
 impl HoldPolicy {
-    /// The policy the configuration asks for (`batch_hold`,
-    /// `batch_in_flight`, `batch_hold_types`).
+    /// The policy the configuration asks for (`batch_hold`, `batch_in_flight`).
     pub fn from_config(cfg: &crate::config::Config) -> Self {
-        HoldPolicy { max_in_flight: cfg.batch_in_flight.max(1), budget: cfg.batch_hold, held: cfg.batch_hold_types }
+        HoldPolicy { max_in_flight: cfg.batch_in_flight.max(1), budget: cfg.batch_hold }
     }
 
     /// Today's behaviour before this policy: everything goes at once.
-    pub const PIPELINE: HoldPolicy =
-        HoldPolicy { max_in_flight: usize::MAX, budget: Duration::ZERO, held: Kinds([false; 4]) };
-
-    /// The policy for one type: a type not in `held` is pipelined.
-    pub fn for_kind(self, k: Kind) -> HoldPolicy {
-        if self.held.contains(k) {
-            self
-        } else {
-            HoldPolicy::PIPELINE
-        }
-    }
+    pub const PIPELINE: HoldPolicy = HoldPolicy { max_in_flight: usize::MAX, budget: Duration::ZERO };
 }
 
 impl Default for HoldPolicy {
-    /// The configuration's defaults: one MULTI per held type in flight, the
-    /// next accumulating behind it, held at most 2 ms.
+    /// One MULTI per type in flight, the next accumulating behind it, held
+    /// at most 2 ms (the configuration's defaults).
     fn default() -> Self {
-        HoldPolicy { max_in_flight: 1, budget: Duration::from_millis(2), held: DEFAULT_HELD }
+        HoldPolicy { max_in_flight: 1, budget: Duration::from_millis(2) }
     }
 }
-
-/// The types held by default (`batch_hold_types`).
-pub const DEFAULT_HELD: Kinds = Kinds::ALL;
 
 /// The decision for one MULTI type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,8 +135,7 @@ impl Coalescer {
         for k in Kind::ALL {
             let i = k as usize;
             let since = *self.since[i].get_or_insert(now);
-            let p = self.policy.for_kind(k);
-            match decide(queued[i], in_flight[i], now.saturating_duration_since(since), full, p) {
+            match decide(queued[i], in_flight[i], now.saturating_duration_since(since), full, self.policy) {
                 Decision::Idle | Decision::Send => self.since[i] = None,
                 Decision::Hold { left } => {
                     release[i] = false;
@@ -287,7 +227,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn p(k: usize, budget_ms: u64) -> HoldPolicy {
-        HoldPolicy { max_in_flight: k, budget: MS * budget_ms as u32, held: Kinds::ALL }
+        HoldPolicy { max_in_flight: k, budget: MS * budget_ms as u32 }
     }
 
     #[test]
@@ -352,40 +292,6 @@ mod tests {
         let (rel, wake) = c.plan(t0 + MS / 10, [0, 0, 0, 60], [0, 0, 0, 0], 1024);
         assert_eq!(rel, [true; 4]);
         assert_eq!(wake, None);
-    }
-
-    #[test]
-    fn a_type_outside_the_held_set_is_pipelined() {
-        let t0 = Instant::now();
-        let mut c = Coalescer::new(HoldPolicy { held: Kinds::BEGIN, ..p(1, 2) });
-        // Every type has a MULTI in flight: only begin waits behind its own.
-        let (rel, wake) = c.plan(t0, [5, 3, 2, 4], [1, 1, 1, 1], 1024);
-        assert_eq!(rel, [false, true, true, true]);
-        assert_eq!(wake, Some(t0 + 2 * MS));
-        // The begin answer arrived: begin goes too.
-        let (rel, wake) = c.plan(t0 + MS / 2, [7, 1, 0, 1], [0, 3, 1, 2], 1024);
-        assert_eq!(rel, [true; 4]);
-        assert_eq!(wake, None);
-        // Held set of snapshot only.
-        let mut c = Coalescer::new(HoldPolicy { held: Kinds([false, false, false, true]), ..p(1, 2) });
-        let (rel, _) = c.plan(t0, [5, 3, 2, 4], [1, 1, 1, 1], 1024);
-        assert_eq!(rel, [true, true, true, false]);
-    }
-
-    #[test]
-    fn held_types_parse_and_print() {
-        assert_eq!(Kinds::parse("all"), Ok(Kinds::ALL));
-        assert_eq!(Kinds::parse("ALL"), Ok(Kinds::ALL));
-        assert_eq!(Kinds::parse("begin"), Ok(Kinds::BEGIN));
-        assert_eq!(Kinds::parse(" Begin , snapshot,"), Ok(Kinds([true, false, false, true])));
-        assert_eq!(Kinds::parse("rollback,commit"), Ok(Kinds([false, true, true, false])));
-        assert!(Kinds::parse("").is_err());
-        assert!(Kinds::parse(" , ").is_err());
-        assert!(Kinds::parse("begin,prepare").unwrap_err().contains("prepare"));
-        for s in ["all", "begin", "commit, snapshot", "begin, commit, rollback"] {
-            assert_eq!(Kinds::parse(s).unwrap().to_string(), s);
-        }
-        assert_eq!(Kinds::parse("begin,commit,rollback,snapshot").unwrap().to_string(), "all");
     }
 
     #[test]
