@@ -9,6 +9,7 @@ It builds nothing: it takes binary directories as arguments.
   scripts/gtm_cost.py compare --ours target/release --xl /work/pgxl/inst/bin --gtm xl
   scripts/gtm_cost.py compare --ours target/release --xl /work/pgxl/inst/bin --gtm sim
   scripts/gtm_cost.py cluster --ours target/release --gtm sim --total 1000
+  scripts/gtm_cost.py cluster --ours target/release --xl /work/pgxl/inst/bin --gtm xl --reps 3
   scripts/gtm_cost.py idle --ours target/release --backends 10000
 
 compare: 1 proxy worker, BACKENDS backends (gtm_bench), the proxies taken in
@@ -371,32 +372,49 @@ def cmd_compare(a):
 
 
 def cmd_cluster(a):
+    """Every (K, mode) cell once per repetition, cells interleaved within a
+    repetition; the table has the medians, "runs" every run."""
     gtm = start_xl_gtm(a.xl, a.run_dir) if a.gtm == "xl" else start_sim(a.ours, "sim")
     log(f"GTM ({a.gtm}) pid {gtm.pid} port {gtm.port}")
-    table = []
+    modes = [m for m in (("ours_coalescing", a.hold_ms), ("ours_pipelining", 0), ("direct", None)) if m[0] in a.modes]
+    runs = {}
     try:
-        for k in a.proxies:
-            for mode, hold in (("ours_coalescing", a.hold_ms), ("ours_pipelining", 0), ("direct", None)):
-                pxs = []
-                try:
-                    if hold is not None:
-                        pxs = [start_ours(a.ours, gtm.port, f"c{k}_{i}", hold) for i in range(k)]
-                    ports = [p.port for p in pxs] or [gtm.port] * k
-                    log(f"K={k} M={a.total // k}: {mode}")
-                    res, rates = bench(a.ours, ports, a.total, a.duration, a.warmup, [gtm.pid] + [p.pid for p in pxs])
-                    s = summarize(res, rates[:1], ["gtm"])
-                    px_rates = [r for r in rates[1:] if r is not None]
-                    if px_rates and s["txn_per_s"]:
-                        s["proxies_cpu_us_per_txn"] = round(sum(px_rates) * 1e6 / s["txn_per_s"], 3)
-                    row = {"K": k, "M": a.total // k, "mode": mode} | s
-                    table.append(row)
-                    log(json.dumps(row))
-                finally:
-                    for p in pxs:
-                        p.stop()
+        for rep in range(a.reps):
+            for k in a.proxies:
+                for mode, hold in modes:
+                    pxs = []
+                    try:
+                        if hold is not None:
+                            pxs = [start_ours(a.ours, gtm.port, f"c{k}_{i}", hold) for i in range(k)]
+                        ports = [p.port for p in pxs] or [gtm.port] * k
+                        log(f"rep {rep + 1}/{a.reps} K={k} M={a.total // k}: {mode}")
+                        watch = [gtm.pid] + [p.pid for p in pxs]
+                        res, rates = bench(a.ours, ports, a.total, a.duration, a.warmup, watch)
+                        s = summarize(res, rates[:1], ["gtm"])
+                        px_rates = [r for r in rates[1:] if r is not None]
+                        if px_rates and s["txn_per_s"]:
+                            s["proxies_cpu_us_per_txn"] = round(sum(px_rates) * 1e6 / s["txn_per_s"], 3)
+                        runs.setdefault((k, mode), []).append(s)
+                        log(json.dumps({"K": k, "mode": mode} | s))
+                        if not gtm.alive():
+                            raise RuntimeError(f"the GTM exited during K={k} {mode}")
+                    finally:
+                        for p in pxs:
+                            p.stop()
     finally:
         gtm.stop()
-    return {"mode": "cluster", "gtm": a.gtm, "params": vars(a) | {"func": None}, "table": table}
+    keys = ["gtm_cpu_us_per_txn", "proxies_cpu_us_per_txn", "txn_per_s", "txn_p99_us"]
+    table = [
+        {"K": k, "M": a.total // k, "mode": mode, "ok": all(r["ok"] for r in rs)} | {x: median_of(rs, x) for x in keys}
+        for (k, mode), rs in runs.items()
+    ]
+    return {
+        "mode": "cluster",
+        "gtm": a.gtm,
+        "params": vars(a) | {"func": None},
+        "table": table,
+        "runs": [{"K": k, "mode": mode, "runs": rs} for (k, mode), rs in runs.items()],
+    }
 
 
 def open_fds(pid):
@@ -473,6 +491,9 @@ def main():
         if name == "cluster":
             p.add_argument("--total", type=int, default=1000, help="K*M, backends in all")
             p.add_argument("--proxies", type=int, nargs="+", default=[1, 2, 4, 8])
+            p.add_argument("--reps", type=int, default=1, help="repetitions (cells interleaved); the table has medians")
+            modes = ["ours_coalescing", "ours_pipelining", "direct"]
+            p.add_argument("--modes", nargs="+", choices=modes, default=modes)
         if name == "idle":
             p.add_argument("--backends", type=int, default=10000)
     a = ap.parse_args()
