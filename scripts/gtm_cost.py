@@ -9,6 +9,7 @@ It builds nothing: it takes binary directories as arguments.
   scripts/gtm_cost.py compare --ours target/release --xl /work/pgxl/inst/bin --gtm xl
   scripts/gtm_cost.py compare --ours target/release --xl /work/pgxl/inst/bin --gtm sim
   scripts/gtm_cost.py cluster --ours target/release --gtm sim --total 1000
+  scripts/gtm_cost.py cluster --ours target/release --xl /work/pgxl/inst/bin --gtm xl --reps 3
   scripts/gtm_cost.py idle --ours target/release --backends 10000
 
 compare: 1 proxy worker, BACKENDS backends (gtm_bench), the proxies taken in
@@ -125,7 +126,24 @@ class Server:
                     into[t] = into.get(t, 0) + float(line.rsplit(" ", 1)[1])
         return {t: {"multis": int(counts[t]), "mean": round(sums[t] / counts[t], 1)} for t in counts if counts[t]}
 
+    def alive(self):
+        return cpu_ticks(self.pid) is not None
+
+    def log_tail(self, n=20):
+        """The last lines of the server's log files (before its data directory goes)."""
+        out = []
+        for name in ("gtm.log", "gtm_proxy.log"):
+            path = os.path.join(self.data_dir or "", name)
+            try:
+                with open(path, errors="replace") as f:
+                    out += [f"{name}: {l.rstrip()}" for l in f.readlines()[-n:]]
+            except OSError:
+                pass
+        return "\n".join(out)
+
     def stop(self):
+        if not self.alive():
+            log(f"{self.name} (pid {self.pid}) had exited before its stop; log:\n{self.log_tail()}")
         for sig in (15, 9):
             if self.pid and cpu_ticks(self.pid) is not None:
                 try:
@@ -283,10 +301,20 @@ def bench(ours, ports, backends, duration, warmup, watch, think_us=0):
 
 def summarize(results, rates, names):
     ok = all(r.get("ok") for r in results)
+    for r in results:
+        if r.get("fatal") or not r.get("ok"):
+            log(f"bench not ok: fatal={r.get('fatal')!r} stop_reason={r.get('stop_reason')!r} errors={r.get('errors')}")
     tps = sum(r.get("txn_per_s") or 0 for r in results)
     p99 = max((r.get("latency_us", {}).get("txn", {}).get("p99") or 0) for r in results)
     out = {"ok": ok, "txn_per_s": round(tps, 1), "txn_p99_us": p99}
     out["errors"] = sum(r.get("errors", {}).get("total", 0) for r in results)
+    # Mean latency per step (µs, weighted by count across benches): with
+    # txn/s they give, by Little's law, how many transactions are open.
+    for op in ("begin", "snapshot", "commit", "txn"):
+        stats = [r.get("latency_us", {}).get(op, {}) for r in results]
+        n = sum(s.get("count") or 0 for s in stats)
+        tot = sum((s.get("count") or 0) * (s.get("mean") or 0) for s in stats)
+        out[f"{op}_mean_us"] = round(tot / n, 1) if n else None
     for name, rate in zip(names, rates):
         out[f"{name}_cpu_us_per_txn"] = None if rate is None or not tps else round(rate * 1e6 / tps, 3)
     return out
@@ -305,6 +333,7 @@ def cmd_compare(a):
         "ours_coalescing": lambda: start_ours(a.ours, gtm.port, "ours_coalesce", a.hold_ms),
         "ours_pipelining": lambda: start_ours(a.ours, gtm.port, "ours_pipeline", 0),
     }
+    setups = {k: v for k, v in setups.items() if k == "xl_proxy" or k in a.variants}
     runs = {k: [] for k in setups}
     try:
         for rep in range(a.reps):
@@ -318,6 +347,8 @@ def cmd_compare(a):
                     s["multi_sizes"] = px.multi_sizes()
                     runs[name].append(s)
                     log(json.dumps(s))
+                    if not gtm.alive():
+                        raise RuntimeError(f"the GTM exited during the {name} run")
                 finally:
                     px.stop()
     finally:
@@ -325,7 +356,7 @@ def cmd_compare(a):
     keys = ["gtm_cpu_us_per_txn", "proxy_cpu_us_per_txn", "txn_p99_us", "txn_per_s"]
     med = {n: {k: median_of(r, k) for k in keys} for n, r in runs.items()}
     ratios = {}
-    for n in ("ours_coalescing", "ours_pipelining"):
+    for n in (n for n in runs if n != "xl_proxy"):
         ratios[n] = {
             k: (round(med[n][k] / med["xl_proxy"][k], 3) if med[n][k] and med["xl_proxy"][k] else None) for k in keys
         }
@@ -341,56 +372,99 @@ def cmd_compare(a):
 
 
 def cmd_cluster(a):
+    """Every (K, mode) cell once per repetition, cells interleaved within a
+    repetition; the table has the medians, "runs" every run."""
     gtm = start_xl_gtm(a.xl, a.run_dir) if a.gtm == "xl" else start_sim(a.ours, "sim")
     log(f"GTM ({a.gtm}) pid {gtm.pid} port {gtm.port}")
-    table = []
+    modes = [m for m in (("ours_coalescing", a.hold_ms), ("ours_pipelining", 0), ("direct", None)) if m[0] in a.modes]
+    runs = {}
     try:
-        for k in a.proxies:
-            for mode, hold in (("ours_coalescing", a.hold_ms), ("ours_pipelining", 0), ("direct", None)):
-                pxs = []
-                try:
-                    if hold is not None:
-                        pxs = [start_ours(a.ours, gtm.port, f"c{k}_{i}", hold) for i in range(k)]
-                    ports = [p.port for p in pxs] or [gtm.port] * k
-                    log(f"K={k} M={a.total // k}: {mode}")
-                    res, rates = bench(a.ours, ports, a.total, a.duration, a.warmup, [gtm.pid] + [p.pid for p in pxs])
-                    s = summarize(res, rates[:1], ["gtm"])
-                    px_rates = [r for r in rates[1:] if r is not None]
-                    if px_rates and s["txn_per_s"]:
-                        s["proxies_cpu_us_per_txn"] = round(sum(px_rates) * 1e6 / s["txn_per_s"], 3)
-                    row = {"K": k, "M": a.total // k, "mode": mode} | s
-                    table.append(row)
-                    log(json.dumps(row))
-                finally:
-                    for p in pxs:
-                        p.stop()
+        for rep in range(a.reps):
+            for k in a.proxies:
+                for mode, hold in modes:
+                    pxs = []
+                    try:
+                        if hold is not None:
+                            pxs = [start_ours(a.ours, gtm.port, f"c{k}_{i}", hold) for i in range(k)]
+                        ports = [p.port for p in pxs] or [gtm.port] * k
+                        log(f"rep {rep + 1}/{a.reps} K={k} M={a.total // k}: {mode}")
+                        watch = [gtm.pid] + [p.pid for p in pxs]
+                        res, rates = bench(a.ours, ports, a.total, a.duration, a.warmup, watch)
+                        s = summarize(res, rates[:1], ["gtm"])
+                        px_rates = [r for r in rates[1:] if r is not None]
+                        if px_rates and s["txn_per_s"]:
+                            s["proxies_cpu_us_per_txn"] = round(sum(px_rates) * 1e6 / s["txn_per_s"], 3)
+                        runs.setdefault((k, mode), []).append(s)
+                        log(json.dumps({"K": k, "mode": mode} | s))
+                        if not gtm.alive():
+                            raise RuntimeError(f"the GTM exited during K={k} {mode}")
+                    finally:
+                        for p in pxs:
+                            p.stop()
     finally:
         gtm.stop()
-    return {"mode": "cluster", "gtm": a.gtm, "params": vars(a) | {"func": None}, "table": table}
+    keys = ["gtm_cpu_us_per_txn", "proxies_cpu_us_per_txn", "txn_per_s", "txn_p99_us"]
+    table = [
+        {"K": k, "M": a.total // k, "mode": mode, "ok": all(r["ok"] for r in rs)} | {x: median_of(rs, x) for x in keys}
+        for (k, mode), rs in runs.items()
+    ]
+    return {
+        "mode": "cluster",
+        "gtm": a.gtm,
+        "params": vars(a) | {"func": None},
+        "table": table,
+        "runs": [{"K": k, "mode": mode, "runs": rs} for (k, mode), rs in runs.items()],
+    }
+
+
+def open_fds(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
 
 
 def cmd_idle(a):
+    """Proxy RSS with no backend, then with BACKENDS backends connected and
+    idle (startup done, no request: gtm_bench with a think time longer than
+    the run, which thinks before its first transaction)."""
     gtm = start_sim(a.ours, "idle_sim")
     px = start_ours(a.ours, gtm.port, "idle_proxy", a.hold_ms)
+    b = None
     try:
         time.sleep(0.5)
-        at0 = rss_kib(px.pid)
-        log(f"{a.backends} backends, one transaction each, then thinking")
-        cmd = ["nice", "-n", "5", f"{a.ours}/gtm_bench", "--port", str(px.port), "--backends", str(a.backends)]
-        cmd += ["--duration", "8", "--warmup", "1", "--think-us", "60000000", "--json", "/dev/null"]
+        at0, fds0 = rss_kib(px.pid), open_fds(px.pid) or 0
+        log(f"{a.backends} backends connecting, then idle")
+        cmd = ["nice", "-n", "5", f"{a.ours}/gtm_bench", "--target", f"127.0.0.1:{px.port}", "--backends", str(a.backends)]
+        cmd += ["--duration", "120s", "--warmup", "0s", "--think", "1h", "--json", "/dev/null"]
         b = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(6)
+        # Wait (bounded) until the proxy holds every backend's connection and its RSS settles.
+        end, connected = time.time() + 90, 0
+        while time.time() < end and b.poll() is None:
+            connected = (open_fds(px.pid) or 0) - fds0
+            if connected >= a.backends:
+                break
+            time.sleep(0.2)
+        time.sleep(2)
         at_n = rss_kib(px.pid)
-        b.wait()
+        connected = (open_fds(px.pid) or 0) - fds0
     finally:
+        if b is not None and b.poll() is None:
+            b.send_signal(2)
+            try:
+                b.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                b.kill()
+                b.wait()
         px.stop()
         gtm.stop()
     return {
         "mode": "idle",
         "backends": a.backends,
+        "backends_connected": connected,
         "proxy_rss_kib_idle_0": at0,
         "proxy_rss_kib_idle_n": at_n,
-        "kib_per_backend": round((at_n - at0) / a.backends, 3) if at0 and at_n else None,
+        "kib_per_backend": round((at_n - at0) / max(connected, 1), 3) if at0 and at_n else None,
     }
 
 
@@ -412,9 +486,14 @@ def main():
         if name == "compare":
             p.add_argument("--backends", type=int, default=1000)
             p.add_argument("--reps", type=int, default=3)
+            variants = ["ours_coalescing", "ours_pipelining"]
+            p.add_argument("--variants", nargs="+", choices=variants, default=variants, help="our proxies to run")
         if name == "cluster":
             p.add_argument("--total", type=int, default=1000, help="K*M, backends in all")
             p.add_argument("--proxies", type=int, nargs="+", default=[1, 2, 4, 8])
+            p.add_argument("--reps", type=int, default=1, help="repetitions (cells interleaved); the table has medians")
+            modes = ["ours_coalescing", "ours_pipelining", "direct"]
+            p.add_argument("--modes", nargs="+", choices=modes, default=modes)
         if name == "idle":
             p.add_argument("--backends", type=int, default=10000)
     a = ap.parse_args()

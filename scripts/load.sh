@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# End-to-end load run: the same load straight to a freshly spawned gtm_sim
-# (the baseline) and through a freshly spawned gtm_proxy in front of it,
-# interleaved REPEAT times, using gtm_bench's compare mode. Prints the
-# comparison as JSON on stdout (schema: docs/gtm_bench.md, "mode": "compare":
-# medians per target, the ratio to the baseline, every run, CPU per process);
-# without --json, the same command prints the table for people. Exit
-# status as gtm_bench's: 0 every
-# run clean, 1 a run found errors, 2 a run could not take place.
+# End-to-end load run, two parts, one JSON object on stdout:
 #
-# Usage: scripts/load.sh [extra gtm_bench options...]
-# Environment: BACKENDS (1000), DURATION (10s), WARMUP (2s), THREADS (1), REPEAT (3).
+# * "compare": the same load straight to a freshly spawned gtm_sim (the
+#   one-hop floor: a mio server answering the same requests) and through a
+#   freshly spawned gtm_proxy in front of it, interleaved REPEAT times, by
+#   gtm_bench's compare mode (schema: docs/gtm_bench.md, "mode": "compare").
+#   "floor" repeats its medians of CPU per request: the proxy's, gtm_sim's
+#   answering directly, and their ratio (same run).
+# * "idle": the proxy's RSS with no backend and with IDLE_BACKENDS backends
+#   connected and idle (startup done, no request), by scripts/gtm_cost.py idle.
+#
+# Exit status: gtm_bench's for the compare part (0 every run clean, 1 a run
+# found errors, 2 a run could not take place); 2 if the idle part failed.
+#
+# Usage: scripts/load.sh [extra gtm_bench options for the compare part...]
+# Environment: BACKENDS (1000), DURATION (10s), WARMUP (2s), THREADS (1), REPEAT (3),
+#              IDLE_BACKENDS (10000; 0 skips the idle part).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,13 +25,35 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 THREADS=${THREADS:-1}
 REPEAT=${REPEAT:-3}
+IDLE_BACKENDS=${IDLE_BACKENDS:-10000}
 
 echo "load.sh: building release binaries" >&2
 cargo build --release --bins --quiet >&2
 bin="${CARGO_TARGET_DIR:-target}/release"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
 
 args=(--spawn-sim --direct --via-proxy --repeat "$REPEAT" --backends "$BACKENDS" --duration "$DURATION"
       --warmup "$WARMUP" --threads "$THREADS" "$@")
 rc=0
-"$bin/gtm_bench" "${args[@]}" --json || rc=$?
+"$bin/gtm_bench" "${args[@]}" --json >"$tmp/compare.json" || rc=$?
+
+echo '{}' >"$tmp/idle.json"
+if [ "$IDLE_BACKENDS" -gt 0 ]; then
+    echo "load.sh: proxy RSS at 0 and $IDLE_BACKENDS idle backends" >&2
+    scripts/gtm_cost.py idle --ours "$bin" --backends "$IDLE_BACKENDS" >"$tmp/idle.json" || rc=2
+fi
+
+python3 - "$tmp/compare.json" "$tmp/idle.json" <<'PY'
+import json, sys
+cmp, idle = (json.load(open(p)) for p in sys.argv[1:3])
+per_req = {t["label"]: t["median"].get("target_us_per_request") for t in cmp.get("targets", [])}
+px, sim = per_req.get("gtm_proxy"), per_req.get("direct")
+floor = {
+    "proxy_us_per_request": px,
+    "gtm_sim_direct_us_per_request": sim,
+    "ratio": round(px / sim, 3) if px and sim else None,
+}
+print(json.dumps({"compare": cmp, "floor": floor, "idle": idle}, indent=2))
+PY
 exit "$rc"

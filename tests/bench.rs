@@ -485,6 +485,43 @@ fn spawn_sim_via_proxy_works_without_sibling_binaries() {
     assert_eq!(names, ["gtm_bench", "gtm_sim", "gtm_proxy"], "{j:#}");
 }
 
+/// Through a proxy of ours the report carries the MULTI sizes of the window,
+/// read from the proxy's metrics: spawned (its metrics port chosen by the
+/// bench) or named with --proxy-metrics; the direct target has none.
+#[test]
+fn multi_sizes_of_the_window_through_our_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("run.json");
+    let f = file.display().to_string();
+    let args = ["--spawn-sim", "--via-proxy", "-c", "50", "-T", "1s", "--warmup", "200ms", "--json", &f];
+    let out = run_limited(exe(), &args, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let m = &j["multi_sizes"];
+    for kind in ["begin", "snapshot", "commit"] {
+        assert!(n(&m[kind]["multis"]) >= 1, "{kind}: {j:#}");
+        assert!(m[kind]["mean"].as_f64().is_some_and(|x| x >= 1.0), "{kind}: {j:#}");
+    }
+    let text = stdout(&out);
+    let line = text.lines().find(|l| l.starts_with("MULTI sizes")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("begin ") && line.contains("MULTIs"), "{line}");
+
+    // A running proxy named by --target, its metrics by --proxy-metrics.
+    let sim = Daemon::sim(&[]);
+    let mport = harness::free_port();
+    let proxy = Daemon::proxy(sim.addr, &format!("metrics_port = {mport}\n"), 1);
+    let t = target(proxy.addr);
+    let pm = format!("--proxy-metrics=127.0.0.1:{mport}");
+    let (out, j) = bench(&[&t, &pm, "-c", "20", "-T", "1s", "--warmup", "0s"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    assert!(j["multi_sizes"]["begin"]["mean"].as_f64().is_some_and(|x| x >= 1.0), "{j:#}");
+
+    // The GTM itself has no MULTI sizes.
+    let (out, j) = bench(&[&target(sim.addr), "-c", "5", "-T", "300ms", "--warmup", "0s"], Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    assert!(j["multi_sizes"].is_null(), "{j:#}");
+}
+
 #[test]
 fn any_target_with_a_watched_pid() {
     let sim = Daemon::sim(&[]);

@@ -115,6 +115,9 @@ pub fn run_summary(r: &RunReport) -> String {
             );
         }
     }
+    if let Some(m) = &r.multi_sizes {
+        let _ = writeln!(o, "{}", multi_sizes_line(m));
+    }
     if let Some(tl) = &r.timeline {
         timeline_summary(&mut o, tl);
     }
@@ -209,6 +212,15 @@ pub fn progress_line(
         "progress: {at_s:.1} s, {} txn/s, request latency {lat} avg, {errors} errors, {established}/{backends} connected",
         fmt_rate(txn_per_s)
     )
+}
+
+/// `MULTI sizes in the window (elements per MULTI): begin 120.9 (2478), ...`
+pub fn multi_sizes_line(m: &super::multis::MultiSizes) -> String {
+    if m.is_empty() {
+        return "MULTI sizes in the window: no MULTI sent".into();
+    }
+    let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k} {:.1} ({} MULTIs)", v.mean, v.multis)).collect();
+    format!("MULTI sizes in the window (mean elements per MULTI): {}", parts.join(", "))
 }
 
 #[cfg(test)]

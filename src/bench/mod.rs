@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod driver;
 pub mod embedded;
 pub mod human;
+pub mod multis;
 pub mod plot;
 pub mod report;
 pub mod run;
@@ -60,6 +61,9 @@ pub struct Config {
     pub proxy_dir: Option<PathBuf>,
     pub sim_args: Vec<String>,
     pub proxy_args: Vec<String>,
+    /// The metrics endpoint of the proxy under load, for MULTI sizes (a spawned
+    /// proxy of ours gets one by itself).
+    pub proxy_metrics: Option<String>,
     /// Other processes whose CPU to report: (name, pid).
     pub watch: Vec<(String, u32)>,
     /// Runs per target in compare mode.
@@ -99,6 +103,7 @@ impl Default for Config {
             proxy_dir: None,
             sim_args: Vec::new(),
             proxy_args: Vec::new(),
+            proxy_metrics: None,
             watch: Vec::new(),
             repeat: 3,
             progress: None,
@@ -181,6 +186,8 @@ pub fn resolve_addr(addr: &str) -> Result<SocketAddr, BenchError> {
 pub struct TargetInfo {
     pub label: String,
     pub addr: SocketAddr,
+    /// The target's metrics endpoint, when it is a proxy of ours.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What the bench started; dropped (killed) proxy first, then the simulator.
@@ -188,6 +195,8 @@ pub struct TargetInfo {
 pub struct Children {
     pub proxy: Option<Process>,
     pub sim: Option<Process>,
+    /// The spawned proxy's metrics endpoint (ours only).
+    pub proxy_metrics: Option<SocketAddr>,
 }
 
 impl Drop for Children {
@@ -220,13 +229,26 @@ fn start_children(cfg: &Config, interrupted: &AtomicBool) -> Result<(Children, O
             None => DataDir::temporary("proxy")?,
         };
         // XL's proxy wants its configuration file to exist; the flags say the rest.
+        // Ours also gets a metrics port, for the MULTI sizes of the window.
         let conf = dir.path().join("gtm_proxy.conf");
         if !conf.exists() {
-            let _ = std::fs::write(&conf, "# written by gtm_bench; the command-line flags set everything\n");
+            let mut text = String::from("# written by gtm_bench; the command-line flags set everything else\n");
+            if cfg.proxy_bin.is_none() && cfg.proxy_metrics.is_none() {
+                let port = spawn::free_port(loopback)?;
+                text.push_str(&format!("metrics_port = {port}\n"));
+                ch.proxy_metrics = Some(SocketAddr::new(loopback, port));
+            }
+            if let Err(e) = std::fs::write(&conf, text) {
+                log::warn!("cannot write {}: {e}", conf.display());
+                ch.proxy_metrics = None;
+            }
         }
         let addr = SocketAddr::new(loopback, spawn::free_port(loopback)?);
         let args = spawn::proxy_args(addr, gtm, dir.path(), &cfg.proxy_args);
         ch.proxy = Some(Process::start("gtm_proxy", &program, &args, dir, addr, interrupted)?);
+    }
+    if let Some(m) = &cfg.proxy_metrics {
+        ch.proxy_metrics = Some(resolve_addr(m)?);
     }
     Ok((ch, gtm))
 }
@@ -244,13 +266,15 @@ fn targets(cfg: &Config, ch: &Children, gtm: Option<SocketAddr>) -> Result<Vec<T
             }
             None => resolve_addr("127.0.0.1:6666")?,
         };
-        t.push(TargetInfo { label: "direct".into(), addr });
+        t.push(TargetInfo { label: "direct".into(), addr, metrics: None });
     }
     if let Some(p) = &ch.proxy {
-        t.push(TargetInfo { label: "gtm_proxy".into(), addr: p.addr });
+        t.push(TargetInfo { label: "gtm_proxy".into(), addr: p.addr, metrics: ch.proxy_metrics });
     }
     for (label, addr) in &cfg.targets {
-        t.push(TargetInfo { label: label.clone(), addr: resolve_addr(addr)? });
+        // --proxy-metrics without a spawned proxy: the proxy is the named target.
+        let metrics = if ch.proxy.is_none() { ch.proxy_metrics } else { None };
+        t.push(TargetInfo { label: label.clone(), addr: resolve_addr(addr)?, metrics });
     }
     Ok(t)
 }

@@ -83,6 +83,9 @@ pub struct RunReport {
     pub gxids: Gxids,
     /// CPU used during the window by each process watched.
     pub cpu: Vec<Cpu>,
+    /// Elements per MULTI the proxy under load sent in the window, per type
+    /// (null when its metrics endpoint is not known).
+    pub multi_sizes: Option<super::multis::MultiSizes>,
     /// Present with a scenario or `--plot`.
     pub timeline: Option<TimelineReport>,
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::driver::{LoopConfig, Worker};
 use super::human;
+use super::multis::Scrape;
 use super::report::{self, Cpu, EventReport, LatencySet, LatencyStats, Load, RunReport, Target};
 use super::scenario::Running;
 use super::shared::Shared;
@@ -163,6 +164,13 @@ pub fn run_one(
 
     let procs = watched(cfg, children);
     let (mut first, mut last) = (None, None);
+    // The proxy's MULTI sizes at the window's edges (when its metrics are known).
+    let scrape = |at: &str| {
+        t.metrics.and_then(|a| {
+            Scrape::fetch(a).map_err(|e| log::warn!("cannot read the proxy's metrics at {a} ({at}): {e}")).ok()
+        })
+    };
+    let (mut multis_first, mut multis_last) = (None, None);
     let mut progress = cfg.progress.filter(|p| !p.is_zero()).map(|every| Progress {
         every,
         next: started + every,
@@ -178,11 +186,13 @@ pub fn run_one(
             if first.is_none() {
                 if now >= w.start {
                     first = Some(sample(&procs));
+                    multis_first = scrape("window start");
                 } else {
                     nap = nap.min(w.start - now);
                 }
             } else if last.is_none() && (now >= w.end || shared.should_stop()) {
                 last = Some(sample(&procs));
+                multis_last = scrape("window end");
             }
             if let Some(ev) = cfg.event.as_ref().filter(|_| event.is_none() && event_error.is_none()) {
                 if now >= w.start + ev.at {
@@ -218,7 +228,12 @@ pub fn run_one(
     }
     if first.is_some() && last.is_none() {
         last = Some(sample(&procs));
+        multis_last = scrape("window end");
     }
+    let multi_sizes = match (&multis_first, &multis_last) {
+        (Some(a), Some(b)) => Some(a.sizes_until(b)),
+        _ => None,
+    };
     let event_outcome = event.as_mut().map(|r| {
         r.poll();
         let o = r.outcome();
@@ -307,6 +322,7 @@ pub fn run_one(
         connections: report::connections_of(&stats),
         gxids: report::gxids_of(&stats),
         cpu,
+        multi_sizes,
         timeline,
     };
     Ok(RunOutput { report, txn: stats.txn })

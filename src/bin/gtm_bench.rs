@@ -61,6 +61,10 @@ struct Args {
     /// Extra argument for the spawned proxy (repeatable).
     #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
     proxy_arg: Vec<String>,
+    /// Metrics endpoint (HOST:PORT) of the proxy under load, for the MULTI sizes of the
+    /// window (a proxy of ours started by --via-proxy gets one by itself)
+    #[arg(long, value_name = "HOST:PORT")]
+    proxy_metrics: Option<String>,
     /// Report the CPU of another process too, as NAME=PID (repeatable).
     #[arg(long, value_name = "NAME=PID")]
     watch_pid: Vec<String>,
@@ -170,6 +174,7 @@ impl Args {
             proxy_dir: self.proxy_dir.clone(),
             sim_args: self.sim_arg.clone(),
             proxy_args: self.proxy_arg.clone(),
+            proxy_metrics: self.proxy_metrics.clone(),
             watch,
             repeat: self.repeat,
             progress: self.progress,
