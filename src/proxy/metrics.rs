@@ -257,7 +257,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub fn render(workers: &[Arc<WorkerStats>], proxy: &ProxyStats) -> String {
     type Get = fn(&WorkerStats) -> u64;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let series: [(&str, &str, &str, Get); 13] = [
+    let series: [(&str, &str, &str, Get); 14] = [
         ("gtm_proxy_backends", "gauge", "Connected backends.", |s| s.backends.load(Ordering::Relaxed) as u64),
         ("gtm_proxy_requests_total", "counter", "Backend requests received.", |s| s.requests.load(Ordering::Relaxed)),
         ("gtm_proxy_gtm_answers_total", "counter", "Answers received from the GTM.", |s| {
@@ -292,6 +292,12 @@ pub fn render(workers: &[Arc<WorkerStats>], proxy: &ProxyStats) -> String {
             "counter",
             "Requests answered E after being held for the GTM longer than hold_timeout.",
             |s| s.hold_timeouts.load(Ordering::Relaxed),
+        ),
+        (
+            "gtm_proxy_stale_gxid_refusals_total",
+            "counter",
+            "Begin answers refused: the GTM handed out a GXID not above one this proxy had already handed out.",
+            |s| s.stale_gxids.load(Ordering::Relaxed),
         ),
         ("gtm_proxy_gtm_link_up", "gauge", "1 while the worker's GTM link is ready.", |s| {
             s.link_up.load(Ordering::Relaxed) as u64

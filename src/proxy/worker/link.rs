@@ -134,8 +134,13 @@ impl Worker {
         let res = split_answer(&pending, f, |route, gxid, answer| {
             delivered.push(route);
             let verdict = vetting::vet(&mut self.ledger, &self.high, floors, &pending, route, gxid, answer);
-            log_verdict(verdict);
+            if verdict != Verdict::Pass {
+                if let Some(suppressed) = self.verdict_log.check(Instant::now()) {
+                    log_verdict(verdict, suppressed);
+                }
+            }
             if let Verdict::DuplicateGxid { gxid, .. } = verdict {
+                self.stats.stale_gxids.fetch_add(1, Ordering::Relaxed);
                 refused.push(gxid);
                 // This GTM is behind: old GXID numbers may belong to others
                 // here, so they must never be rolled back by number.
@@ -435,16 +440,18 @@ fn without_routes(p: Pending, routes: &[Route]) -> Option<Pending> {
 }
 
 /// Say what vetting changed, if anything.
-fn log_verdict(verdict: Verdict) {
+/// One line per vetted element the GTM made notable, rate-limited by the
+/// caller: a GTM that is behind answers every element of every MULTI so.
+fn log_verdict(verdict: Verdict, suppressed: crate::logging::Suppressed) {
     match verdict {
         Verdict::Pass => {}
         Verdict::DuplicateGxid { gxid, floor } => error!(
             "GTM handed out GXID {gxid}, not above GXID {floor} already handed \
-             out by this proxy: refusing it to avoid duplicate transaction ids"
+             out by this proxy: refusing it to avoid duplicate transaction ids{suppressed}"
         ),
         Verdict::AlreadyEnded { gxid, .. } => {
-            warn!("GTM does not know GXID {gxid} any more; its end is reported as done")
+            warn!("GTM does not know GXID {gxid} any more; its end is reported as done{suppressed}")
         }
-        Verdict::Lost { gxid } => error!("GTM lost open transaction {gxid}; its backend must abort"),
+        Verdict::Lost { gxid } => error!("GTM lost open transaction {gxid}; its backend must abort{suppressed}"),
     }
 }

@@ -116,6 +116,9 @@ pub struct WorkerStats {
     pub outcome_unknown: AtomicU64,
     /// Requests answered `E` for being held longer than `hold_timeout`.
     pub hold_timeouts: AtomicU64,
+    /// Begin answers refused because the GTM handed out a GXID not above one
+    /// this proxy had already handed out (a GTM behind the proxy).
+    pub stale_gxids: AtomicU64,
     /// Time from writing each frame upstream to reading its answer.
     pub round_trip: RoundTrips,
     /// Connections this worker turned away, by reason.
@@ -198,6 +201,8 @@ pub struct Worker {
     promoted: bool,
     /// How often each request was in flight on a lost link.
     replays: replay::ReplayCounts<Route>,
+    /// The GTM's per-element answers that the vetting rules logged.
+    verdict_log: crate::logging::RateLimit,
     /// Connection attempts failed since the link was last ready.
     connect_failures: u64,
     /// A link has been ready at least once: this worker's, or, for a
@@ -258,6 +263,7 @@ impl Worker {
             lookup: None,
             promoted: false,
             replays: Default::default(),
+            verdict_log: crate::logging::RateLimit::new(5, Duration::from_secs(10)),
             connect_failures: 0,
             ever_ready,
             scratch: vec![0; READ_CHUNK],
