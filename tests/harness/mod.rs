@@ -438,9 +438,11 @@ impl Drop for Daemon {
     }
 }
 
-/// A free loopback port (for `metrics_port`).
+/// A free loopback port (for `metrics_port`), chosen below the kernel's
+/// ephemeral range: a port from that range can be taken by any outgoing
+/// connection of the tests running alongside before the daemon binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    gtmproxy::bench::spawn::free_port([127, 0, 0, 1].into()).expect("a free port")
 }
 
 /// One HTTP GET on the metrics endpoint, every step bounded. None if the
