@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gtmproxy::codec::frame::{self, TAG_COMMAND};
-use gtmproxy::codec::{ClientFrame, Request, Response};
+use gtmproxy::codec::{Request, Response};
 use harness::*;
 
 #[derive(Default)]
@@ -91,32 +90,13 @@ fn link(mut down: TcpStream, mut up: TcpStream, g: Arc<Gate>) {
         }
         let _ = to_proxy.shutdown(std::net::Shutdown::Write);
     });
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        let n = match down.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        while let Ok(total) = frame::check(&pending, frame::DEFAULT_MAX_FRAME * 4) {
-            let bytes: Vec<u8> = pending.drain(..total).collect();
-            if bytes[0] == TAG_COMMAND {
-                let mut b = bytes::BytesMut::from(&bytes[..]);
-                if let Ok(Some(raw)) = frame::split(&mut b, frame::DEFAULT_MAX_FRAME * 4) {
-                    if let Ok(ClientFrame::Command(cmd)) = ClientFrame::decode(raw, true) {
-                        if let Ok(Request::TxnBeginGetGxidMulti(v)) = cmd.request() {
-                            let sessions = v.iter().map(|e| e.begin.session_id.to_vec()).collect();
-                            g.begin_multis.lock().expect("lock").push(sessions);
-                        }
-                    }
-                }
-            }
-            if up.write_all(&bytes).is_err() {
-                return;
-            }
+    each_frame(&mut down, |bytes| {
+        if let Some(Ok(Request::TxnBeginGetGxidMulti(v))) = proxied_command(&bytes).map(|c| c.request()) {
+            let sessions = v.iter().map(|e| e.begin.session_id.to_vec()).collect();
+            g.begin_multis.lock().expect("lock").push(sessions);
         }
-    }
+        up.write_all(&bytes).is_ok()
+    });
     let _ = up.shutdown(std::net::Shutdown::Write);
 }
 

@@ -13,9 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gtmproxy::codec::frame::{self, TAG_COMMAND};
 use gtmproxy::codec::request::SeqSession;
-use gtmproxy::codec::{ClientFrame, MsgType, Request, Response};
+use gtmproxy::codec::{MsgType, Request, Response};
 use harness::*;
 
 /// One cut: the next request of `msg_type` breaks the link; `deliver` says
@@ -114,54 +113,42 @@ fn link(mut down: TcpStream, mut up: TcpStream, s: Arc<Shared>) {
         }
         let _ = d2.shutdown(Shutdown::Write);
     });
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 65536];
     let mut first = true;
-    loop {
-        let n = match down.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        while let Ok(total) = frame::check(&pending, frame::DEFAULT_MAX_FRAME * 4) {
-            let bytes: Vec<u8> = pending.drain(..total).collect();
-            let mut this_cut = None;
-            if !first && bytes[0] == TAG_COMMAND {
-                let mut b = bytes::BytesMut::from(&bytes[..]);
-                if let Ok(Some(raw)) = frame::split(&mut b, frame::DEFAULT_MAX_FRAME * 4) {
-                    if let Ok(ClientFrame::Command(cmd)) = ClientFrame::decode(raw, true) {
-                        let mut cuts = s.cuts.lock().unwrap();
-                        if cuts.iter().any(|c| c.msg_type == cmd.msg_type) {
-                            s.seen.lock().unwrap().push(cmd.msg_type);
-                        }
-                        if let Some(c) = cuts.iter_mut().find(|c| c.msg_type == cmd.msg_type && c.times > 0) {
-                            c.times -= 1;
-                            this_cut = Some(*c);
-                        }
-                    }
-                }
+    let mut cut_done = false;
+    each_frame(&mut down, |bytes| {
+        let mut this_cut = None;
+        if let Some(cmd) = proxied_command(&bytes).filter(|_| !first) {
+            let mut cuts = s.cuts.lock().unwrap();
+            if cuts.iter().any(|c| c.msg_type == cmd.msg_type) {
+                s.seen.lock().unwrap().push(cmd.msg_type);
             }
-            first = false;
-            if let Some(c) = this_cut {
-                s.done.fetch_add(1, Ordering::SeqCst);
-                cut.store(true, Ordering::SeqCst);
-                if c.deliver {
-                    let _ = up.write_all(&bytes);
-                    let _ = up.write_all(&[b'F', 0, 0, 0, 4]);
-                    // Let the GTM carry it out: wait (bounded) for its answer.
-                    let t0 = Instant::now();
-                    while !answered.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(5) {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-                let _ = down.shutdown(Shutdown::Both);
-                let _ = up.shutdown(Shutdown::Both);
-                return;
-            }
-            if up.write_all(&bytes).is_err() {
-                return;
+            if let Some(c) = cuts.iter_mut().find(|c| c.msg_type == cmd.msg_type && c.times > 0) {
+                c.times -= 1;
+                this_cut = Some(*c);
             }
         }
+        first = false;
+        if let Some(c) = this_cut {
+            s.done.fetch_add(1, Ordering::SeqCst);
+            cut.store(true, Ordering::SeqCst);
+            if c.deliver {
+                let _ = up.write_all(&bytes);
+                let _ = up.write_all(&[b'F', 0, 0, 0, 4]);
+                // Let the GTM carry it out: wait (bounded) for its answer.
+                let t0 = Instant::now();
+                while !answered.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            cut_done = true;
+            return false;
+        }
+        up.write_all(&bytes).is_ok()
+    });
+    if cut_done {
+        let _ = down.shutdown(Shutdown::Both);
+        let _ = up.shutdown(Shutdown::Both);
+        return;
     }
     let _ = up.shutdown(Shutdown::Write);
 }

@@ -438,6 +438,39 @@ impl Drop for Daemon {
     }
 }
 
+/// Relay plumbing: read `down` until it ends, handing `f` each whole frame
+/// as sent; stop early when `f` returns false.
+pub fn each_frame(down: &mut TcpStream, mut f: impl FnMut(Vec<u8>) -> bool) {
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = match down.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        while let Ok(total) = frame::check(&pending, DEFAULT_MAX_FRAME * 4) {
+            let bytes: Vec<u8> = pending.drain(..total).collect();
+            if !f(bytes) {
+                return;
+            }
+        }
+    }
+}
+
+/// The command in a whole frame a proxy sent its GTM (proxy header
+/// included), if the frame is one.
+pub fn proxied_command(bytes: &[u8]) -> Option<gtmproxy::codec::Command> {
+    if bytes.first() != Some(&frame::TAG_COMMAND) {
+        return None;
+    }
+    let raw = frame::split(&mut BytesMut::from(bytes), DEFAULT_MAX_FRAME * 4).ok()??;
+    match ClientFrame::decode(raw, true).ok()? {
+        ClientFrame::Command(c) => Some(c),
+        _ => None,
+    }
+}
+
 /// A free loopback port (for `metrics_port`), chosen below the kernel's
 /// ephemeral range: a port from that range can be taken by any outgoing
 /// connection of the tests running alongside before the daemon binds it.
