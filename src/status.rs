@@ -117,10 +117,11 @@ pub fn render(pid: i32, cfg: &Config, listening: Option<&str>, figures: Result<&
     );
     let _ = writeln!(
         out,
-        "replayed: {}; outcome unknown: {}; hold timeouts: {}; refused connections: {}",
+        "replayed: {}; outcome unknown: {}; hold timeouts: {}; stale GXIDs refused: {}; refused connections: {}",
         n("gtm_proxy_replays_total"),
         n("gtm_proxy_outcome_unknown_total"),
         n("gtm_proxy_hold_timeouts_total"),
+        n("gtm_proxy_stale_gxid_refusals_total"),
         n("gtm_proxy_refused_connections_total")
     );
     let trips = f.sum("gtm_proxy_gtm_round_trip_seconds_count").unwrap_or(0.0);
@@ -171,7 +172,7 @@ mod tests {
         assert!(s.contains("listening on 127.0.0.1:6666; nodename \"px\"; GTM gtm:6668"), "{s}");
         assert!(s.contains("GTM links up: 1 of 2"), "{s}");
         assert!(s.contains("backends: 7; requests: 100; errors sent: ?"), "{s}");
-        assert!(s.contains("hold timeouts: ?; refused connections: 5\n"), "{s}");
+        assert!(s.contains("hold timeouts: ?; stale GXIDs refused: ?; refused connections: 5\n"), "{s}");
         assert!(s.contains("GTM round trips: 200, mean 2.000 ms\n"), "{s}");
         let s = render(42, &cfg, None, Err("metrics_port is 0".into()));
         assert!(s.contains("(unknown: no gtm_proxy.port)") && s.contains("no live figures: metrics_port is 0"), "{s}");

@@ -337,7 +337,7 @@ fn status_summarizes_the_running_proxy() {
     });
     assert!(said.contains(&format!("server is running (PID: {})", p.pid())), "{said}");
     assert!(said.contains(&format!("listening on {addr}")), "{said}");
-    assert!(said.contains("hold timeouts: 0; refused connections: 0"), "{said}");
+    assert!(said.contains("hold timeouts: 0; stale GXIDs refused: 0; refused connections: 0"), "{said}");
     stop_fast(&mut p);
     assert_eq!(run_proxy(&["status", "-D", d]).status.code(), Some(1));
 }
