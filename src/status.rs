@@ -22,20 +22,37 @@ pub struct Figures {
     counts: BTreeMap<String, usize>,
 }
 
+/// The samples of Prometheus text: `(name, labels, value)` for each
+/// `name{labels} value` line, labels without their braces (empty when there
+/// are none); comments and lines without a numeric value are skipped.
+pub fn samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
+    text.lines().filter_map(|line| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let v = value.parse::<f64>().ok()?;
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.strip_suffix('}').unwrap_or(rest)),
+            None => (series, ""),
+        };
+        Some((name, labels, v))
+    })
+}
+
+/// The value of label `key` in a sample's labels (as [`samples`] gives them).
+pub fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    labels.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix("=\"")?.strip_suffix('"'))
+}
+
 impl Figures {
     /// Parse Prometheus text (`name{labels} value` lines; comments ignored).
     pub fn parse(text: &str) -> Figures {
         let mut f = Figures::default();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
-            let Ok(v) = value.parse::<f64>() else { continue };
-            let name = series.split('{').next().unwrap_or(series).to_string();
-            *f.sums.entry(name.clone()).or_default() += v;
-            *f.counts.entry(name).or_default() += 1;
+        for (name, _, v) in samples(text) {
+            *f.sums.entry(name.to_string()).or_default() += v;
+            *f.counts.entry(name.to_string()).or_default() += 1;
         }
         f
     }
@@ -160,6 +177,18 @@ mod tests {
         assert_eq!(f.sum("gtm_proxy_requests_total"), Some(100.0));
         assert_eq!(f.count("gtm_proxy_requests_total"), 1);
         assert_eq!(f.sum("missing"), None);
+    }
+
+    #[test]
+    fn samples_and_labels() {
+        let all: Vec<_> = samples(TEXT).collect();
+        assert_eq!(all.len(), 11, "comments, garbage and non-numeric values skipped: {all:?}");
+        assert_eq!(all[0], ("gtm_proxy_backends", "worker=\"0\"", 3.0));
+        assert_eq!(samples("up 1\n").collect::<Vec<_>>(), vec![("up", "", 1.0)]);
+        assert_eq!(label("worker=\"0\",type=\"begin\"", "type"), Some("begin"));
+        assert_eq!(label("worker=\"0\",type=\"begin\"", "worker"), Some("0"));
+        assert_eq!(label("worker=\"0\"", "type"), None);
+        assert_eq!(label("subtype=\"x\"", "type"), None);
     }
 
     #[test]

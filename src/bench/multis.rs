@@ -27,20 +27,13 @@ impl Scrape {
     /// The histogram's `_sum` and `_count` lines of a Prometheus text page.
     pub fn parse(text: &str) -> Scrape {
         let mut s = Scrape::default();
-        for line in text.lines() {
-            let (is_sum, rest) = if let Some(r) = line.strip_prefix("gtm_proxy_multi_size_sum{") {
-                (true, r)
-            } else if let Some(r) = line.strip_prefix("gtm_proxy_multi_size_count{") {
-                (false, r)
-            } else {
-                continue;
+        for (name, labels, v) in crate::status::samples(text) {
+            let is_sum = match name {
+                "gtm_proxy_multi_size_sum" => true,
+                "gtm_proxy_multi_size_count" => false,
+                _ => continue,
             };
-            let Some(kind) = rest.split_once("type=\"").and_then(|(_, t)| t.split_once('"')).map(|(t, _)| t) else {
-                continue;
-            };
-            let Some(v) = rest.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()) else {
-                continue;
-            };
+            let Some(kind) = crate::status::label(labels, "type") else { continue };
             let e = s.0.entry(kind.to_owned()).or_default();
             if is_sum {
                 e.0 += v;
