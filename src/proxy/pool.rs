@@ -211,23 +211,25 @@ impl Pool {
             }
             _ => None,
         };
-        for (i, h) in self.handles.iter().enumerate().filter(|(_, h)| !h.dead) {
-            let order = if dying == Some(i) {
+        self.send_each(|i| {
+            if dying == Some(i) {
                 error!("worker {i}: ending instead of moving ({TEST_DEATH_ENV} test hook)");
                 Control::Shutdown(super::worker::StopMode::Immediate)
             } else {
                 Control::Reconnect { host: to.0.clone(), port: to.1 }
-            };
-            if h.tx.send(order).is_ok() {
-                let _ = h.waker.wake();
             }
-        }
+        });
     }
 
     /// Send an order to every live worker.
     pub fn broadcast(&self, make: impl Fn() -> Control) {
-        for h in self.handles.iter().filter(|h| !h.dead) {
-            if h.tx.send(make()).is_ok() {
+        self.send_each(|_| make());
+    }
+
+    /// Send each live worker the order `make` gives for its index.
+    fn send_each(&self, make: impl Fn(usize) -> Control) {
+        for (i, h) in self.handles.iter().enumerate().filter(|(_, h)| !h.dead) {
+            if h.tx.send(make(i)).is_ok() {
                 let _ = h.waker.wake();
             }
         }
