@@ -292,10 +292,7 @@ impl Worker {
         if self.up.is_ready() {
             return None;
         }
-        // Never connected and an attempt failed: the GTM is not there (the
-        // proxy started without it); holding would only delay the answer.
-        let absent = !self.ever_ready && self.connect_failures > 0;
-        if absent || !self.failover.holding() {
+        if self.gtm_absent() || !self.failover.holding() {
             return Some(format!("GTM unavailable: {}", self.down_reason));
         }
         if self.batch.len() >= self.cfg.hold_max_requests {

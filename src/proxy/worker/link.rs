@@ -123,6 +123,13 @@ impl Worker {
         }
     }
 
+    /// Never linked and an attempt failed: the GTM is not there at all (the
+    /// proxy started without it), so holding requests would only delay
+    /// their answer.
+    pub(super) fn gtm_absent(&self) -> bool {
+        !self.ever_ready && self.connect_failures > 0
+    }
+
     /// Split one answer per backend, vet each, and queue it for its backend.
     fn route_answer(&mut self, f: &ServerFrame) -> Result<(), LinkError> {
         let Some((pending, sent)) = self.up.pop_owed() else { return Err(LinkError::Unsolicited) };
@@ -249,10 +256,9 @@ impl Worker {
         }
         if !ordered {
             self.down_reason = format!("{err} (GTM {})", self.up.addr_string());
-            if !self.ever_ready && !self.batch.is_empty() {
-                // The GTM has not been there since start: what arrived
-                // before this attempt failed is answered now, as what
-                // arrives after it will be (see `link_refusal`).
+            if self.gtm_absent() && !self.batch.is_empty() {
+                // What arrived before this attempt failed is answered now,
+                // as what arrives after it will be (see `link_refusal`).
                 let msg = format!("GTM unavailable: {}", self.down_reason);
                 for route in self.batch.take_routes() {
                     self.fail_request(route, &msg);
