@@ -57,10 +57,11 @@ fn metrics(port: u16) -> String {
 // ----- stop escalation ------------------------------------------------------
 
 /// A simulator, a proxy with `workers` workers in front of it, and one
-/// backend that has been served once.
+/// backend that has begun a transaction (so a smart stop waits for it, for
+/// longer than any test runs).
 fn serving_proxy(workers: usize) -> (Daemon, Daemon, Client) {
     let sim = Daemon::sim(&[]);
-    let proxy = proxy(sim.addr, "", workers);
+    let proxy = proxy(sim.addr, "smart_shutdown_timeout = 600s\n", workers);
     let mut b = Client::backend(proxy.addr, NAME);
     b.begin();
     (sim, proxy, b)
@@ -70,9 +71,9 @@ fn serving_proxy(workers: usize) -> (Daemon, Daemon, Client) {
 fn fast_stop_after_smart_stop_takes_over() {
     let (_sim, mut proxy, mut b) = serving_proxy(2);
     proxy.signal(libc::SIGTERM);
-    // Smart: the connected backend keeps being served.
+    // Smart: the backend's open transaction keeps being served.
     b.begin();
-    assert!(proxy.is_running(), "smart stop must wait for the backend");
+    assert!(proxy.is_running(), "smart stop must wait for the open transaction");
     proxy.signal(libc::SIGINT);
     let st = proxy.wait_exit(WAIT).expect("SIGINT after SIGTERM must stop the proxy");
     assert_eq!(st.code(), Some(0), "{}", proxy.log());

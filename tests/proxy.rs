@@ -501,19 +501,24 @@ fn identifiers_are_reused_safely() {
     assert_eq!(reused, vec![1, 2, 0], "freed ids are reused oldest-first");
 }
 
-/// Smart stop waits for backends; fast stop closes them after answering;
+/// Smart stop lets the open transaction end, then exits without waiting
+/// for the backend to leave; fast stop closes backends after answering;
 /// either way the proxy unregisters and removes its pid file.
 #[test]
 fn smart_and_fast_shutdown() {
     let sim = Daemon::sim(&[]);
-    let mut proxy = Daemon::proxy(sim.addr, "", 2);
+    let mut proxy = Daemon::proxy(sim.addr, "smart_shutdown_timeout = 600s\n", 2);
     let mut c = Client::proxy_backend(proxy.addr, "cn1");
-    proxy.signal(libc::SIGTERM);
     let g = c.begin();
-    assert!(g > 0, "backends are still served during a smart stop");
-    assert!(proxy.is_running(), "smart stop waits for the backend");
-    c.close();
-    assert_eq!(proxy.exit_code(Duration::from_secs(10)), Some(0));
+    proxy.signal(libc::SIGTERM);
+    assert!(
+        matches!(c.call(&Request::SnapshotGetMulti(vec![g])), Response::SnapshotGetMulti { .. }),
+        "the open transaction is still served during a smart stop"
+    );
+    assert!(proxy.is_running(), "smart stop waits for the open transaction");
+    assert_eq!(c.call(&Request::TxnCommitMulti(vec![g])), Response::TxnCommitMulti { statuses: vec![0] });
+    assert_eq!(proxy.exit_code(WAIT), Some(0), "no transaction open: the proxy exits, the backend still connected");
+    assert!(c.closed_within(WAIT));
     assert!(!proxy.dir.join("gtm_proxy.pid").exists());
 
     let mut proxy = Daemon::proxy(sim.addr, "", 2);

@@ -76,7 +76,7 @@ fn fast_stop_answers_work_in_flight() {
 fn smart_stop_waits_for_owed_answers() {
     let sim = Daemon::sim(&[]);
     let relay = Relay::start(sim.addr);
-    let (conf, mport) = with_metrics("");
+    let (conf, mport) = with_metrics("smart_shutdown_timeout = 600s\n");
     let mut proxy = Daemon::proxy(relay.addr, &conf, 1);
     let mut c = Client::proxy_backend(proxy.addr, "cn1");
     let g = c.begin();

@@ -5,7 +5,7 @@
 //! [`Takes::Reload`] apply at once: the retry and failover schedule, hold limits,
 //! `upstream_timeout`, `batch_max`, `batch_hold`, `batch_in_flight`, `max_backends`,
 //! `backend_output_limit`, the backend deadlines, `max_startup_backends`, `backend_error_limit`,
-//! `log_min_messages` and `keepalives_*` (for connections opened after the reload:
+//! `smart_shutdown_timeout`, `log_min_messages` and `keepalives_*` (for connections opened after the reload:
 //! backends accepted and GTM links made). Keys marked [`Takes::Restart`] keep their
 //! running value and a warning names them.
 
@@ -78,6 +78,7 @@ keys! {
     backend_frame_timeout: Reload,
     max_startup_backends: Reload,
     backend_error_limit: Reload,
+    smart_shutdown_timeout: Reload,
 }
 
 /// Keys accepted in the file but without a [`Config`] field.
@@ -199,7 +200,7 @@ mod tests {
         assert_eq!(takes("KEEPALIVES_IDLE"), Some(Takes::Reload));
         assert_eq!(takes("worker_threads"), Some(Takes::Restart));
         assert_eq!(takes("nonsense"), None);
-        assert_eq!(all_keys().count(), 39);
+        assert_eq!(all_keys().count(), 40);
     }
 
     #[test]

@@ -127,7 +127,8 @@ pub use crate::logging::{LogLevel, ParseLogLevelError};
 /// `batch_max`, `batch_hold`, `batch_in_flight`, `max_backends`, `backend_output_limit`, `metrics_port`,
 /// `metrics_listen_address`, `allowed_client_networks`, `allowed_node_names`,
 /// `allowed_remote_types`, `gtm_required_at_start`, `backend_startup_timeout`,
-/// `backend_frame_timeout`, `max_startup_backends`, `backend_error_limit`.
+/// `backend_frame_timeout`, `max_startup_backends`, `backend_error_limit`,
+/// `smart_shutdown_timeout`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Node name used for registration and in startup packets (required; may be empty;
@@ -215,6 +216,9 @@ pub struct Config {
     /// Extension: protocol errors one backend connection may cause before it is closed
     /// (default 5).
     pub backend_error_limit: u32,
+    /// Extension: longest a smart stop (SIGTERM) waits for open transactions to end
+    /// before it goes on as a fast stop (default 3 s; zero = at once).
+    pub smart_shutdown_timeout: Duration,
 }
 
 /// TCP keepalive settings (`keepalives_*`); 0 keeps the OS default for that parameter.
@@ -275,6 +279,7 @@ impl Config {
             backend_frame_timeout: Duration::from_secs(5),
             max_startup_backends: 1000,
             backend_error_limit: 5,
+            smart_shutdown_timeout: Duration::from_secs(3),
         }
     }
 
@@ -410,6 +415,7 @@ impl Builder {
             }
             "hold_max_requests" => c.hold_max_requests = parse_int(value, 0, 100_000_000)? as usize,
             "hold_timeout" => c.hold_timeout = parse_duration(value)?,
+            "smart_shutdown_timeout" => c.smart_shutdown_timeout = parse_duration(value)?,
             "upstream_timeout" => c.upstream_timeout = parse_duration(value)?,
             "batch_max" => c.batch_max = parse_int(value, 1, MAX_BATCH as i64)? as usize,
             "batch_hold" => c.batch_hold = parse_duration(value)?,

@@ -53,6 +53,7 @@ fn defaults() {
     assert_eq!(c.backend_frame_timeout, Duration::from_secs(5));
     assert_eq!(c.max_startup_backends, 1000);
     assert_eq!(c.backend_error_limit, 5);
+    assert_eq!(c.smart_shutdown_timeout, Duration::from_secs(3));
     expected.port = 1;
     assert_ne!(c, expected);
 }
@@ -91,6 +92,7 @@ fn every_key() {
          backend_frame_timeout = 1500ms
          max_startup_backends = 64
          backend_error_limit = 3
+         smart_shutdown_timeout = 750ms
         ",
     );
     assert_eq!(c.nodename, "p1");
@@ -126,6 +128,7 @@ fn every_key() {
     assert_eq!(c.backend_frame_timeout, Duration::from_millis(1500));
     assert_eq!(c.max_startup_backends, 64);
     assert_eq!(c.backend_error_limit, 3);
+    assert_eq!(c.smart_shutdown_timeout, Duration::from_millis(750));
 }
 
 #[test]

@@ -46,6 +46,8 @@ pub struct Acceptor {
     refused_log: RateLimit,
     /// Refusals are counted here for the metrics endpoint.
     stats: Arc<ProxyStats>,
+    /// A stop is under way: every connection is refused.
+    stopping: bool,
 }
 
 /// Accept failures that mean "out of descriptors".
@@ -87,6 +89,7 @@ impl Acceptor {
             exhausted_log: RateLimit::new(Duration::from_secs(10)),
             refused_log: RateLimit::new(Duration::from_secs(10)),
             stats,
+            stopping: false,
         })
     }
 
@@ -101,17 +104,11 @@ impl Acceptor {
         self.keepalive = super::keepalive_of(cfg);
     }
 
-    pub fn is_listening(&self) -> bool {
-        !self.listeners.is_empty()
-    }
-
-    /// Close the listeners (shutdown).
-    pub fn close(&mut self, registry: &Registry) {
-        for l in &mut self.listeners {
-            let _ = registry.deregister(l);
-        }
-        self.listeners.clear();
-        self.retry_at = None;
+    /// A stop is under way: keep listening, so that a new connection gets
+    /// an error naming the shutdown rather than a refused connect, until the
+    /// process exits and the kernel refuses it instead.
+    pub fn refuse_all(&mut self) {
+        self.stopping = true;
     }
 
     /// How long the main loop may sleep before [`Acceptor::on_timer`] is due.
@@ -204,6 +201,18 @@ impl Acceptor {
     }
 
     fn admit(&mut self, sock: mio::net::TcpStream, peer: SocketAddr, pool: &mut Pool) {
+        if self.stopping {
+            if self.refused_log.allow() {
+                warn!(
+                    "refusing connection from {peer}: {}{}",
+                    super::SHUTTING_DOWN,
+                    self.refused_log.suppressed_note()
+                );
+            }
+            self.stats.refused.count(Refused::ShuttingDown);
+            super::refuse(sock, super::SHUTTING_DOWN);
+            return;
+        }
         if let Err(deny) = self.allow.check_peer(peer.ip()) {
             super::access::report_denied(&peer, &deny);
             self.stats.refused.count(Refused::Access);

@@ -157,6 +157,19 @@ impl Ledger {
         self.by_gxid.len()
     }
 
+    /// Transactions open or ending here, autovacuum ones excepted (they
+    /// run for as long as a table takes, and the proxy ends them itself
+    /// when their backend leaves). A scan: for stopping only.
+    pub fn open_transactions(&self) -> usize {
+        self.by_gxid.values().filter(|e| e.state != GxState::Vacuum).count()
+    }
+
+    /// `route` has a transaction open or ending here (autovacuum excepted).
+    /// A scan: for stopping only.
+    pub fn has_open(&self, route: Route) -> bool {
+        self.by_gxid.values().any(|e| e.route == route && e.state != GxState::Vacuum)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_gxid.is_empty()
     }
@@ -202,6 +215,24 @@ mod tests {
         assert_eq!(h.get(), 10005);
         h.observe(10010);
         assert_eq!(h.get(), 10010);
+    }
+
+    #[test]
+    fn open_transactions_leave_out_autovacuum() {
+        let (a, b) = (Route { conn: 1, gen: 1 }, Route { conn: 2, gen: 1 });
+        let mut l = Ledger::default();
+        l.begun(a, 100);
+        l.begun_vacuum(b, 101);
+        assert_eq!(l.open_transactions(), 1);
+        assert!(l.has_open(a));
+        assert!(!l.has_open(b), "an autovacuum transaction does not count");
+        assert!(!l.has_open(Route { conn: 1, gen: 2 }), "an identifier's later holder is another backend");
+        l.ending(100);
+        assert_eq!(l.open_transactions(), 1, "a commit under way still counts");
+        assert!(l.has_open(a));
+        l.ended(100);
+        assert_eq!(l.open_transactions(), 0);
+        assert!(!l.has_open(a));
     }
 
     #[test]

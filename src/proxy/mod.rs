@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod pool;
 pub mod registration;
+pub mod stop;
 pub mod upstream;
 pub mod vetting;
 pub mod worker;
@@ -46,12 +47,15 @@ use acceptor::Acceptor;
 use access::AllowList;
 use pool::Pool;
 use registration::{Identity, RegLink, Registered};
+use stop::{Closing, Stop};
 use worker::{Control, StopMode};
 
 const MAIN_WAKER: Token = Token(usize::MAX - 1);
 /// Name of the file holding the bound `host:port` once the proxy listens
 /// (an extension: lets tests and scripts use `-p 0`).
 pub const PORT_FILE_NAME: &str = "gtm_proxy.port";
+/// What a connection or request refused because of a stop is told.
+pub const SHUTTING_DOWN: &str = "gtm_proxy is shutting down";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -67,16 +71,6 @@ pub enum ProxyError {
     Io(&'static str, io::Error),
     #[error("invalid access control list: {0}")]
     Access(String),
-}
-
-/// The stop in force after a stop signal: a stricter mode always takes
-/// over, a milder one never weakens the current one. `None` when nothing
-/// changes.
-pub fn escalate(current: Option<StopMode>, asked: StopMode) -> Option<StopMode> {
-    match current {
-        Some(cur) if cur >= asked => None,
-        _ => Some(asked),
-    }
 }
 
 /// Run the proxy until a stop signal. `cli` are the command-line values
@@ -152,11 +146,14 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
     crate::xlog!(LOG, "gtm_proxy listening on {bound} with {} workers, GTM {}:{}", pool.len(), gtm.0, gtm.1);
 
     let mut events = Events::with_capacity(256);
-    let mut stop: Option<StopMode> = None;
+    let mut stop: Option<Stop> = None;
     let outcome = 'main: loop {
         watchdog.tick();
-        let timeout =
-            acceptor.timeout(Instant::now()).map_or(Duration::from_millis(500), |t| t.min(Duration::from_millis(500)));
+        let now = Instant::now();
+        let timeout = [acceptor.timeout(now), stop.as_ref().and_then(|s| s.timeout(now))]
+            .into_iter()
+            .flatten()
+            .fold(Duration::from_millis(500), Duration::min);
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -237,43 +234,77 @@ pub fn run(cfg: Config, cli: &ProxyArgs, argv: &[String]) -> Result<(), ProxyErr
                         continue;
                     }
                 };
-                let Some(mode) = escalate(stop, asked) else {
-                    info!("{asked:?} shutdown requested; {:?} shutdown already under way", stop.unwrap_or(asked));
-                    continue;
-                };
-                crate::xlog!(LOG, "{mode:?} shutdown requested");
-                if stop.is_none() {
-                    control::notify_stopping();
-                }
-                stop = Some(mode);
-                acceptor.close(poll.registry());
-                pool.broadcast(|| Control::Shutdown(mode));
+                on_stop_signal(&mut stop, asked, &cfg, &mut acceptor, &pool);
             }
         }
-        match stop {
+        if let Some(s) = stop.as_mut() {
+            advance_stop(s, &pool);
+        }
+        match stop.map(|s| s.mode()) {
             Some(StopMode::Immediate) => break Ok(()),
             Some(_) if pool.all_finished() => break 'main Ok(()),
             _ => {}
         }
     };
-    let mode = stop.unwrap_or(StopMode::Immediate);
+    let mode = stop.map_or(StopMode::Immediate, |s| s.mode());
     if outcome.is_err() {
         // Leave at once; the caller logs the FATAL line.
         pool.broadcast(|| Control::Shutdown(StopMode::Immediate));
     } else if mode != StopMode::Immediate {
         pool.join();
     }
-    if mode != StopMode::Immediate {
-        if let Some(r) = reg.take() {
-            r.unregister(&cfg.nodename);
-        }
-    }
+    // In every mode, so that the next start registers cleanly.
+    registration::unregister_within(reg.take(), pool.gtm(), &cfg.nodename, registration::UNREGISTER_BUDGET);
     let _ = std::fs::remove_file(data_dir.join(PORT_FILE_NAME));
     drop(pid);
     if outcome.is_ok() {
         crate::xlog!(LOG, "gtm_proxy stopped ({mode:?})");
     }
     outcome
+}
+
+/// A stop signal: the first one starts the stop (new connections are
+/// refused from now on), a stricter one takes over.
+fn on_stop_signal(stop: &mut Option<Stop>, asked: StopMode, cfg: &Config, acceptor: &mut Acceptor, pool: &Pool) {
+    let mode = match stop {
+        None => {
+            control::notify_stopping();
+            acceptor.refuse_all();
+            *stop = Some(Stop::new(asked, Instant::now(), cfg.smart_shutdown_timeout));
+            asked
+        }
+        Some(s) => match s.escalate(asked) {
+            Some(m) => m,
+            None => {
+                info!("{asked:?} shutdown requested; {:?} shutdown already under way", s.mode());
+                return;
+            }
+        },
+    };
+    match mode {
+        StopMode::Smart => crate::xlog!(
+            LOG,
+            "Smart shutdown requested: refusing new connections and transactions; \
+             waiting at most {:?} for open transactions to end",
+            cfg.smart_shutdown_timeout
+        ),
+        _ => crate::xlog!(LOG, "{mode:?} shutdown requested"),
+    }
+    pool.broadcast(|| Control::Shutdown(mode));
+}
+
+/// A smart stop goes on as a fast one once the workers are drained or its
+/// time is up.
+fn advance_stop(stop: &mut Stop, pool: &Pool) {
+    match stop.step(Instant::now(), pool.drained()) {
+        None => return,
+        Some(Closing::Drained) => crate::xlog!(LOG, "smart shutdown: no transaction open; closing the backends"),
+        Some(Closing::TimedOut(t)) => crate::xlog!(
+            LOG,
+            "smart shutdown: transactions still open after smart_shutdown_timeout ({t:?}); shutting down fast"
+        ),
+    }
+    pool.broadcast(|| Control::Shutdown(StopMode::Fast));
 }
 
 /// SIGHUP: reopen the log file (logrotate) and read gtm_proxy.conf again
@@ -368,22 +399,4 @@ fn spawn_signal_thread(waker: Arc<Waker>) -> Result<crossbeam_channel::Receiver<
         })
         .map_err(|e| ProxyError::Io("spawn signal thread", e))?;
     Ok(rx)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::escalate;
-    use super::worker::StopMode::*;
-
-    #[test]
-    fn a_stricter_stop_always_takes_over() {
-        assert_eq!(escalate(None, Smart), Some(Smart));
-        assert_eq!(escalate(Some(Smart), Fast), Some(Fast));
-        assert_eq!(escalate(Some(Smart), Immediate), Some(Immediate));
-        assert_eq!(escalate(Some(Fast), Immediate), Some(Immediate));
-        // A milder or equal order changes nothing.
-        assert_eq!(escalate(Some(Fast), Smart), None);
-        assert_eq!(escalate(Some(Fast), Fast), None);
-        assert_eq!(escalate(Some(Immediate), Fast), None);
-    }
 }

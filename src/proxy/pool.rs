@@ -132,8 +132,15 @@ impl Pool {
         stats: Arc<WorkerStats>,
         (tx, rx): (Sender<Control>, Receiver<Control>),
     ) -> Result<Handle, PoolError> {
-        let (w, waker) = Worker::new(i, cfg.clone(), self.gtm.clone(), rx.clone(), stats.clone(), self.high.clone())
-            .map_err(|e| PoolError::Spawn(i, e))?;
+        let (w, waker) = Worker::new(
+            i,
+            cfg.clone(),
+            self.gtm.clone(),
+            rx.clone(),
+            (stats.clone(), self.main.clone()),
+            self.high.clone(),
+        )
+        .map_err(|e| PoolError::Spawn(i, e))?;
         let notice = DeathNotice { index: i, tx: self.deaths_tx.clone(), main: self.main.clone() };
         let die_now = match self.test_death {
             Some((d, TestDeath::EveryStart)) => d == i,
@@ -272,6 +279,12 @@ impl Pool {
             warn!("worker {i} restarted");
         }
         Ok(())
+    }
+
+    /// Smart stop: every worker still running has nothing open, held or
+    /// owed.
+    pub fn drained(&self) -> bool {
+        self.handles.iter().all(|h| h.dead || !Self::alive(h) || h.stats.drained.load(Ordering::Relaxed))
     }
 
     /// Every worker thread has ended.

@@ -605,6 +605,13 @@ impl Client {
         self.sock.write_all(b).expect("write");
     }
 
+    /// One `C` frame without proxy header; false if the link is gone.
+    pub fn try_send(&mut self, req: &Request) -> bool {
+        let mut b = BytesMut::new();
+        encode_command(&mut b, None, req);
+        self.sock.write_all(&b).is_ok()
+    }
+
     /// One `C` frame without proxy header.
     pub fn send(&mut self, req: &Request) {
         let mut b = BytesMut::new();

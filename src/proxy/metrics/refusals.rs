@@ -26,10 +26,12 @@ pub enum Refused {
     StartupTimeout,
     /// Its first frame was not a valid startup packet.
     BadStartup,
+    /// The proxy was stopping.
+    ShuttingDown,
 }
 
 impl Refused {
-    pub const ALL: [Refused; 8] = [
+    pub const ALL: [Refused; 9] = [
         Refused::MaxBackends,
         Refused::Access,
         Refused::OutOfFds,
@@ -38,6 +40,7 @@ impl Refused {
         Refused::MaxStartupBackends,
         Refused::StartupTimeout,
         Refused::BadStartup,
+        Refused::ShuttingDown,
     ];
 
     /// The `reason` label.
@@ -51,6 +54,7 @@ impl Refused {
             Refused::MaxStartupBackends => "max_startup_backends",
             Refused::StartupTimeout => "startup_timeout",
             Refused::BadStartup => "bad_startup",
+            Refused::ShuttingDown => "shutting_down",
         }
     }
 }

@@ -25,14 +25,17 @@ use crate::proxy::metrics::refusals::Refused;
 
 impl Worker {
     pub(super) fn add_backend(&mut self, std_sock: std::net::TcpStream) {
-        if self.stopping.is_some() {
-            return;
-        }
         if let Err(e) = std_sock.set_nonblocking(true) {
             warn!("cannot make backend socket non-blocking: {e}");
             return;
         }
         let sock = TcpStream::from_std(std_sock);
+        if self.stopping.is_some() {
+            // Dispatched just before the stop reached this worker.
+            self.stats.refused.count(Refused::ShuttingDown);
+            crate::proxy::refuse(sock, crate::proxy::SHUTTING_DOWN);
+            return;
+        }
         let entry = self.backends.vacant_entry();
         let key = entry.key();
         let Some((conn, gen)) = self.ids.alloc(key) else {
@@ -266,7 +269,7 @@ impl Worker {
             }
         };
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        if let Some(msg) = self.link_refusal() {
+        if let Some(msg) = self.stop_refusal(route, &req).or_else(|| self.link_refusal()) {
             self.answer_error(key, &msg);
             return;
         }

@@ -400,7 +400,7 @@ impl Worker {
     }
 
     /// Answer a request that will not reach the GTM with an `E`.
-    fn fail_request(&mut self, route: Route, msg: &str) {
+    pub(super) fn fail_request(&mut self, route: Route, msg: &str) {
         if let Some(key) = self.ids.lookup(route.conn, route.gen) {
             if let Some(b) = self.backends.get_mut(key) {
                 b.send_error("ERROR", msg);

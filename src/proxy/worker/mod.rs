@@ -23,9 +23,10 @@ mod backends;
 mod link;
 pub mod replay;
 mod resolve;
+mod stopping;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,10 +78,10 @@ pub enum Control {
 }
 
 /// Stop modes, as `gtm_ctl stop -m smart|fast|immediate` (SIGTERM, SIGINT,
-/// SIGQUIT).
+/// SIGQUIT); what each means is in [`crate::proxy::stop`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StopMode {
-    /// Stop accepting; wait for backends to leave.
+    /// No new transactions; open ones may end.
     Smart,
     /// Answer what is in flight, then close every backend.
     Fast,
@@ -123,6 +124,8 @@ pub struct WorkerStats {
     pub round_trip: RoundTrips,
     /// Connections this worker turned away, by reason.
     pub refused: Refusals,
+    /// Smart stop: nothing is open, held or owed here any more.
+    pub drained: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +216,8 @@ pub struct Worker {
     ever_ready: bool,
     scratch: Vec<u8>,
     stats: Arc<WorkerStats>,
+    /// Wakes the main loop (a smart stop's worker is drained).
+    main: Arc<Waker>,
     stopping: Option<(StopMode, Instant)>,
     /// Backends still waiting for their startup packet, and the order they
     /// came in (entries of backends that started or left are skipped).
@@ -232,7 +237,7 @@ impl Worker {
         cfg: Arc<Config>,
         (gtm_host, gtm_port): (String, u16),
         rx: Receiver<Control>,
-        stats: Arc<WorkerStats>,
+        (stats, main): (Arc<WorkerStats>, Arc<Waker>),
         high: Arc<HighWater>,
     ) -> std::io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
@@ -268,6 +273,7 @@ impl Worker {
             ever_ready,
             scratch: vec![0; READ_CHUNK],
             stats,
+            main,
             stopping: None,
             starting: 0,
             starting_order: VecDeque::new(),
@@ -311,7 +317,7 @@ impl Worker {
             self.flush_batch();
             self.write_backends();
             self.publish_gauges();
-            if self.finished() {
+            if self.stop_step(Instant::now()) {
                 break;
             }
         }
@@ -337,29 +343,6 @@ impl Worker {
         if let Ok(mut shared) = self.stats.batch_sizes.try_lock() {
             shared.add(&self.batch.sizes);
             self.batch.sizes.reset();
-        }
-    }
-
-    fn finished(&mut self) -> bool {
-        let Some((mode, since)) = self.stopping else { return false };
-        match mode {
-            StopMode::Immediate => true,
-            StopMode::Fast => {
-                // Close backends that owe nothing; give the rest a bounded wait.
-                let idle: Vec<usize> = self.backends.iter().filter(|(_, b)| !b.is_waiting()).map(|(k, _)| k).collect();
-                for k in idle {
-                    self.close_backend(k, "fast shutdown");
-                }
-                let waited_out = since.elapsed() > Duration::from_secs(5);
-                if waited_out {
-                    let all: Vec<usize> = self.backends.iter().map(|(k, _)| k).collect();
-                    for k in all {
-                        self.close_backend(k, "fast shutdown (answer not received in time)");
-                    }
-                }
-                self.backends.is_empty() && (self.up.owed() == 0 || waited_out || !self.up.is_ready())
-            }
-            StopMode::Smart => self.backends.is_empty() && self.up.owed() == 0,
         }
     }
 
@@ -391,12 +374,7 @@ impl Worker {
                     self.cfg = cfg;
                     info!("configuration reloaded");
                 }
-                // A stricter stop takes over one under way; never a milder one.
-                Control::Shutdown(mode) if self.stopping.is_none_or(|(cur, _)| mode > cur) => {
-                    info!("{mode:?} shutdown");
-                    self.stopping = Some((mode, Instant::now()));
-                }
-                Control::Shutdown(_) => {}
+                Control::Shutdown(mode) => self.on_stop(mode, Instant::now()),
             }
         }
         self.on_resolved();
