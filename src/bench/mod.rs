@@ -14,6 +14,7 @@
 //! [`run_all`] ties them together: start what was asked for, then one run,
 //! or interleaved repeats against several targets (compare mode).
 
+pub mod account;
 pub mod backend;
 pub mod cpu;
 pub mod driver;
