@@ -312,8 +312,8 @@ impl Client {
         }
     }
 
-    /// Transactions until the run is over, then an orderly close. The error
-    /// says whether it happened before the session was established (never here).
+    /// Transactions until the run is over, then an orderly close. An error
+    /// comes with `false`: it did not happen while connecting.
     fn session(&mut self, sock: &mut TcpStream) -> Result<(), (BackendError, bool)> {
         loop {
             if self.stopping(Instant::now()) {
