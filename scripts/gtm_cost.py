@@ -13,7 +13,11 @@ It builds nothing: it takes binary directories as arguments.
   scripts/gtm_cost.py idle --ours target/release --backends 10000
 
 compare: 1 proxy worker, BACKENDS backends (gtm_bench), the proxies taken in
-turn within each repetition (interleaved), REPS repetitions, medians.
+turn within each repetition (interleaved), REPS repetitions, medians. Every
+run is made in each gtm_bench load model of --models (default both, results
+keyed by model): "loop" (event loops, the most offered load) and "threads"
+(one blocking thread per backend, one request at a time: real backends'
+shape). cluster does the same per cell; idle uses the loop model.
 GTM CPU and proxy CPU come from /proc/<pid>/stat (utime+stime) sampled
 during the bench's measured window; per transaction = CPU rate / txn rate.
 Ratios are taken against XL's C proxy within the same run.
@@ -267,10 +271,10 @@ class Sampler(threading.Thread):
 BENCH_ARGS = []
 
 
-def bench(ours, ports, backends, duration, warmup, watch, think_us=0):
-    """Run one gtm_bench per port (backends split evenly) at once; return
-    their summaries and the CPU rate of each watched PID in the window
-    where all of them measured."""
+def bench(ours, ports, backends, duration, warmup, watch, model="loop", think_us=0):
+    """Run one gtm_bench per port (backends split evenly) at once, in load
+    model `model`; return their summaries and the CPU rate of each watched
+    PID in the window where all of them measured."""
     sampler = Sampler(watch)
     sampler.start()
     procs = []
@@ -278,6 +282,7 @@ def bench(ours, ports, backends, duration, warmup, watch, think_us=0):
         out = tempfile.NamedTemporaryFile(prefix="gtm_cost_bench_", suffix=".json", delete=False)
         cmd = ["nice", "-n", "5", f"{ours}/gtm_bench", "--port", str(port), "--backends", str(backends // len(ports))]
         cmd += ["--duration", str(duration), "--warmup", str(warmup), "--json", out.name, "--think-us", str(think_us)]
+        cmd += ["--model", model]
         cmd += BENCH_ARGS
         procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out.name))
     for p, _ in procs:
@@ -306,7 +311,8 @@ def summarize(results, rates, names):
             log(f"bench not ok: fatal={r.get('fatal')!r} stop_reason={r.get('stop_reason')!r} errors={r.get('errors')}")
     tps = sum(r.get("txn_per_s") or 0 for r in results)
     p99 = max((r.get("latency_us", {}).get("txn", {}).get("p99") or 0) for r in results)
-    out = {"ok": ok, "txn_per_s": round(tps, 1), "txn_p99_us": p99}
+    models = sorted({r.get("load", {}).get("model") for r in results} - {None})
+    out = {"ok": ok, "model": ",".join(models) or None, "txn_per_s": round(tps, 1), "txn_p99_us": p99}
     out["errors"] = sum(r.get("errors", {}).get("total", 0) for r in results)
     # Mean latency per step (µs, weighted by count across benches): with
     # txn/s they give, by Little's law, how many transactions are open.
@@ -334,37 +340,41 @@ def cmd_compare(a):
         "ours_pipelining": lambda: start_ours(a.ours, gtm.port, "ours_pipeline", 0),
     }
     setups = {k: v for k, v in setups.items() if k == "xl_proxy" or k in a.variants}
-    runs = {k: [] for k in setups}
+    runs = {m: {k: [] for k in setups} for m in a.models}
     try:
         for rep in range(a.reps):
             for name, start in setups.items():
                 px = start()
                 try:
-                    log(f"rep {rep + 1}/{a.reps}: {name}")
-                    res, rates = bench(a.ours, [px.port], a.backends, a.duration, a.warmup, [gtm.pid, px.pid])
-                    s = summarize(res, rates, ["gtm", "proxy"])
-                    s["proxy_rss_kib"] = rss_kib(px.pid)
-                    s["multi_sizes"] = px.multi_sizes()
-                    runs[name].append(s)
-                    log(json.dumps(s))
-                    if not gtm.alive():
-                        raise RuntimeError(f"the GTM exited during the {name} run")
+                    for model in a.models:
+                        log(f"rep {rep + 1}/{a.reps}: {name}, model {model}")
+                        res, rates = bench(a.ours, [px.port], a.backends, a.duration, a.warmup, [gtm.pid, px.pid], model)
+                        s = summarize(res, rates, ["gtm", "proxy"])
+                        s["proxy_rss_kib"] = rss_kib(px.pid)
+                        s["multi_sizes"] = px.multi_sizes()
+                        runs[model][name].append(s)
+                        log(json.dumps(s))
+                        if not gtm.alive():
+                            raise RuntimeError(f"the GTM exited during the {name} run ({model})")
                 finally:
                     px.stop()
     finally:
         gtm.stop()
     keys = ["gtm_cpu_us_per_txn", "proxy_cpu_us_per_txn", "txn_p99_us", "txn_per_s"]
-    med = {n: {k: median_of(r, k) for k in keys} for n, r in runs.items()}
+    med = {m: {n: {k: median_of(r, k) for k in keys} for n, r in by.items()} for m, by in runs.items()}
     ratios = {}
-    for n in (n for n in runs if n != "xl_proxy"):
-        ratios[n] = {
-            k: (round(med[n][k] / med["xl_proxy"][k], 3) if med[n][k] and med["xl_proxy"][k] else None) for k in keys
+    for m, by in med.items():
+        xl = by["xl_proxy"]
+        ratios[m] = {
+            n: {k: (round(by[n][k] / xl[k], 3) if by[n][k] and xl[k] else None) for k in keys}
+            for n in by
+            if n != "xl_proxy"
         }
     return {
         "mode": "compare",
         "gtm": a.gtm,
         "params": vars(a) | {"func": None},
-        "ok": all(r["ok"] for rs in runs.values() for r in rs),
+        "ok": all(r["ok"] for by in runs.values() for rs in by.values() for r in rs),
         "medians": med,
         "ratio_to_xl_proxy": ratios,
         "runs": runs,
@@ -372,8 +382,8 @@ def cmd_compare(a):
 
 
 def cmd_cluster(a):
-    """Every (K, mode) cell once per repetition, cells interleaved within a
-    repetition; the table has the medians, "runs" every run."""
+    """Every (K, mode, model) cell once per repetition, cells interleaved
+    within a repetition; the table has the medians, "runs" every run."""
     gtm = start_xl_gtm(a.xl, a.run_dir) if a.gtm == "xl" else start_sim(a.ours, "sim")
     log(f"GTM ({a.gtm}) pid {gtm.pid} port {gtm.port}")
     modes = [m for m in (("ours_coalescing", a.hold_ms), ("ours_pipelining", 0), ("direct", None)) if m[0] in a.modes]
@@ -387,17 +397,18 @@ def cmd_cluster(a):
                         if hold is not None:
                             pxs = [start_ours(a.ours, gtm.port, f"c{k}_{i}", hold) for i in range(k)]
                         ports = [p.port for p in pxs] or [gtm.port] * k
-                        log(f"rep {rep + 1}/{a.reps} K={k} M={a.total // k}: {mode}")
                         watch = [gtm.pid] + [p.pid for p in pxs]
-                        res, rates = bench(a.ours, ports, a.total, a.duration, a.warmup, watch)
-                        s = summarize(res, rates[:1], ["gtm"])
-                        px_rates = [r for r in rates[1:] if r is not None]
-                        if px_rates and s["txn_per_s"]:
-                            s["proxies_cpu_us_per_txn"] = round(sum(px_rates) * 1e6 / s["txn_per_s"], 3)
-                        runs.setdefault((k, mode), []).append(s)
-                        log(json.dumps({"K": k, "mode": mode} | s))
-                        if not gtm.alive():
-                            raise RuntimeError(f"the GTM exited during K={k} {mode}")
+                        for model in a.models:
+                            log(f"rep {rep + 1}/{a.reps} K={k} M={a.total // k}: {mode}, model {model}")
+                            res, rates = bench(a.ours, ports, a.total, a.duration, a.warmup, watch, model)
+                            s = summarize(res, rates[:1], ["gtm"])
+                            px_rates = [r for r in rates[1:] if r is not None]
+                            if px_rates and s["txn_per_s"]:
+                                s["proxies_cpu_us_per_txn"] = round(sum(px_rates) * 1e6 / s["txn_per_s"], 3)
+                            runs.setdefault((k, mode, model), []).append(s)
+                            log(json.dumps({"K": k, "mode": mode} | s))
+                            if not gtm.alive():
+                                raise RuntimeError(f"the GTM exited during K={k} {mode} ({model})")
                     finally:
                         for p in pxs:
                             p.stop()
@@ -405,15 +416,16 @@ def cmd_cluster(a):
         gtm.stop()
     keys = ["gtm_cpu_us_per_txn", "proxies_cpu_us_per_txn", "txn_per_s", "txn_p99_us"]
     table = [
-        {"K": k, "M": a.total // k, "mode": mode, "ok": all(r["ok"] for r in rs)} | {x: median_of(rs, x) for x in keys}
-        for (k, mode), rs in runs.items()
+        {"K": k, "M": a.total // k, "mode": mode, "model": model, "ok": all(r["ok"] for r in rs)}
+        | {x: median_of(rs, x) for x in keys}
+        for (k, mode, model), rs in runs.items()
     ]
     return {
         "mode": "cluster",
         "gtm": a.gtm,
         "params": vars(a) | {"func": None},
         "table": table,
-        "runs": [{"K": k, "mode": mode, "runs": rs} for (k, mode), rs in runs.items()],
+        "runs": [{"K": k, "mode": mode, "model": model, "runs": rs} for (k, mode, model), rs in runs.items()],
     }
 
 
@@ -436,7 +448,7 @@ def cmd_idle(a):
         at0, fds0 = rss_kib(px.pid), open_fds(px.pid) or 0
         log(f"{a.backends} backends connecting, then idle")
         cmd = ["nice", "-n", "5", f"{a.ours}/gtm_bench", "--target", f"127.0.0.1:{px.port}", "--backends", str(a.backends)]
-        cmd += ["--duration", "120s", "--warmup", "0s", "--think", "1h", "--json", "/dev/null"]
+        cmd += ["--duration", "120s", "--warmup", "0s", "--think", "1h", "--json", "/dev/null", "--model", "loop"]
         b = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Wait (bounded) until the proxy holds every backend's connection and its RSS settles.
         end, connected = time.time() + 90, 0
@@ -483,6 +495,8 @@ def main():
             p.add_argument("--duration", type=int, default=10)
             p.add_argument("--warmup", type=int, default=2)
             p.add_argument("--bench-arg", action="append", default=[], help="extra gtm_bench option (repeatable)")
+            models = ["loop", "threads"]
+            p.add_argument("--models", nargs="+", choices=models, default=models, help="gtm_bench load models to run")
         if name == "compare":
             p.add_argument("--backends", type=int, default=1000)
             p.add_argument("--reps", type=int, default=3)

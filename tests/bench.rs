@@ -1,251 +1,30 @@
 //! End-to-end tests of the `gtm_bench` binary against a tiny in-test fake
-//! GTM: a std `TcpListener` with one thread per connection that speaks just
-//! enough of the protocol (`R`, and answers to 16/40/24 with the real
-//! layouts and unique GXIDs), checks that every request is exactly what an
-//! XL 10 backend sends, and can be told to misbehave.
+//! GTM ([`fake_gtm`]: one thread per connection, checks that every request is
+//! exactly what an XL 10 backend sends, and can be told to misbehave).
 //!
 //! The output modes (text, `--json`, `-P` progress) and the target, compare
-//! and scenario options are tested against the real simulator and proxy.
+//! and scenario options are tested against the real simulator and proxy,
+//! in both load models (`--model loop`, the default, and `--model threads`).
 //! No assertion depends on how fast anything runs: counts, states and the
 //! shape of the output only.
 //!
 //! Every loop here is bounded in time: the fake stops when dropped, and
 //! every process a test starts is killed on every path (a guard's Drop).
 
+#[path = "bench/fake_gtm.rs"]
+mod fake_gtm;
 mod harness;
 
-use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use bytes::BytesMut;
-use gtmproxy::codec::frame::{self, DEFAULT_MAX_FRAME};
-use gtmproxy::codec::types::node_type;
-use gtmproxy::codec::*;
-use harness::{command, raise_fd_limit, run_bounded, Daemon};
+use fake_gtm::{FakeGtm, Fault};
+use harness::{command, raise_fd_limit, run_bounded, Client, Daemon, Guarded};
 use serde_json::Value;
-
-/// How the fake GTM misbehaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    None,
-    /// Every Nth begin gets the GXID of the previous begin again.
-    DuplicateGxidEvery(u32),
-    /// Every Nth commit is answered with an `E` frame.
-    ErrorOnCommitEvery(u32),
-    /// The connection is closed right after every Nth commit answer.
-    CloseAfterCommitEvery(u32),
-}
-
-#[derive(Default)]
-struct Txns {
-    next: u32,
-    latest_completed: u32,
-    open: BTreeSet<u32>,
-}
-
-struct FakeState {
-    fault: Fault,
-    stop: AtomicBool,
-    txns: Mutex<Txns>,
-    begins: AtomicU32,
-    commits: AtomicU32,
-    clients: AtomicU32,
-    /// Begins that carried a lone NUL instead of a session id.
-    bare_begins: AtomicU32,
-    /// Anything a real XL 10 backend would not have sent.
-    violations: Mutex<Vec<String>>,
-}
-
-struct FakeGtm {
-    addr: SocketAddr,
-    state: Arc<FakeState>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl FakeGtm {
-    fn start(fault: Fault) -> FakeGtm {
-        // std's bind() listens with a backlog of 128, fewer than the bench's
-        // 256 connects in flight: overflowing SYNs would be retried only after
-        // a second or more.
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
-        sock.listen(1024).unwrap();
-        let listener: TcpListener = sock.into();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(FakeState {
-            fault,
-            stop: AtomicBool::new(false),
-            txns: Mutex::new(Txns { next: 10000, latest_completed: 9999, open: BTreeSet::new() }),
-            begins: AtomicU32::new(0),
-            commits: AtomicU32::new(0),
-            clients: AtomicU32::new(1),
-            bare_begins: AtomicU32::new(0),
-            violations: Mutex::new(Vec::new()),
-        });
-        let (st, st2) = (state.clone(), state.clone());
-        let accept = std::thread::spawn(move || {
-            // Bounded: stops when the test drops the fake (and after 60 s regardless).
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !st.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let st = st.clone();
-                        // Small stacks: the 10,000-connection test runs one thread per connection.
-                        let spawned = std::thread::Builder::new().stack_size(128 * 1024).spawn(move || serve(s, &st));
-                        if let Err(e) = spawned {
-                            violation(&st2, format!("cannot start a connection thread: {e}"));
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                }
-            }
-        });
-        FakeGtm { addr, state, accept: Some(accept) }
-    }
-
-    fn violations(&self) -> Vec<String> {
-        self.state.violations.lock().unwrap().clone()
-    }
-}
-
-impl Drop for FakeGtm {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn violation(st: &FakeState, v: String) {
-    let mut l = st.violations.lock().unwrap();
-    if l.len() < 20 {
-        l.push(v);
-    }
-}
-
-/// One connection. Blocking reads: the thread ends when the bench closes
-/// the connection, which it always does by exiting at the latest.
-fn serve(mut s: TcpStream, st: &FakeState) {
-    s.set_nodelay(true).unwrap();
-    let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    let mut out = BytesMut::new();
-    let mut started = false;
-    loop {
-        loop {
-            let raw = match frame::split(&mut buf, DEFAULT_MAX_FRAME) {
-                Ok(Some(raw)) => raw,
-                Ok(None) => break,
-                Err(e) => return violation(st, format!("framing: {e}")),
-            };
-            if !buf.is_empty() {
-                violation(st, "a second request before the answer to the first".into());
-            }
-            out.clear();
-            let mut keep = true;
-            match ClientFrame::decode(raw, false) {
-                Ok(ClientFrame::Startup(sp)) if !started => {
-                    if sp.remote_type != node_type::DEFAULT || sp.is_postmaster || sp.client_id != 0 {
-                        violation(st, format!("startup {sp:?}"));
-                    }
-                    if !matches!(sp.name(), b"cn1" | b"dn1") {
-                        violation(st, format!("node name {:?}", sp.name_lossy()));
-                    }
-                    started = true;
-                    startup::encode_ready(&mut out, st.clients.fetch_add(1, Ordering::Relaxed) + 1);
-                }
-                Ok(ClientFrame::Command(c)) if started => match c.request() {
-                    Ok(req) => keep = answer(st, req, &mut out),
-                    Err(e) => violation(st, format!("request {}: {e}", c.msg_type)),
-                },
-                Ok(ClientFrame::Close) => return,
-                other => return violation(st, format!("unexpected frame {other:?}")),
-            }
-            if s.write_all(&out).is_err() || !keep {
-                return;
-            }
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Answer one request; false: close the connection once the answer is sent.
-fn answer(st: &FakeState, req: Request, out: &mut BytesMut) -> bool {
-    let mut t = st.txns.lock().unwrap();
-    match req {
-        Request::TxnBeginGetGxid(b) => {
-            if b.isolation != 1 || b.read_only {
-                violation(st, format!("begin {b:?}"));
-            }
-            let sid = &b.session_id[..];
-            if sid == b"\0" {
-                st.bare_begins.fetch_add(1, Ordering::Relaxed);
-            }
-            let shaped = sid == b"\0"
-                || sid.ends_with(b"\0")
-                    && (sid.starts_with(b"cn1_") || sid.starts_with(b"dn1_"))
-                    && sid.iter().filter(|&&c| c == b'_').count() == 2;
-            if !shaped {
-                violation(st, format!("session id {:?}", String::from_utf8_lossy(sid)));
-            }
-            let n = st.begins.fetch_add(1, Ordering::Relaxed) + 1;
-            let gxid = match st.fault {
-                Fault::DuplicateGxidEvery(k) if n.is_multiple_of(k) => t.next - 1,
-                _ => {
-                    t.next += 1;
-                    t.next - 1
-                }
-            };
-            t.open.insert(gxid);
-            encode_result(out, None, &Response::TxnBeginGetGxid { gxid, timestamp: 848615791432038 });
-        }
-        Request::SnapshotGetMulti(v) => {
-            if v.len() != 1 {
-                violation(st, format!("snapshot of {v:?}"));
-            }
-            let xmax = t.latest_completed + 1;
-            let xip: Vec<u32> = t.open.range(..xmax).copied().collect();
-            let xmin = xip.first().copied().unwrap_or(xmax);
-            let snapshot = Snapshot { xmin, xmax, xip };
-            encode_result(out, None, &Response::SnapshotGetMulti { statuses: vec![0; v.len()], snapshot });
-        }
-        Request::TxnCommitMulti(v) => {
-            if v.len() != 1 {
-                violation(st, format!("commit of {v:?}"));
-            }
-            let n = st.commits.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Fault::ErrorOnCommitEvery(k) = st.fault {
-                if n.is_multiple_of(k) {
-                    encode_error(out, None, &ErrorFields::new("ERROR", "fake commit failure"));
-                    return true;
-                }
-            }
-            for g in &v {
-                t.open.remove(g);
-                t.latest_completed = t.latest_completed.max(*g);
-            }
-            encode_result(out, None, &Response::TxnCommitMulti { statuses: vec![0; v.len()] });
-            if let Fault::CloseAfterCommitEvery(k) = st.fault {
-                return !n.is_multiple_of(k);
-            }
-        }
-        other => violation(st, format!("unexpected request {:?}", other.msg_type())),
-    }
-    true
-}
 
 /// Run `exe args` with output captured, killed if it outlives `limit`.
 fn run_limited(exe: &Path, args: &[&str], limit: Duration) -> Output {
@@ -305,6 +84,7 @@ fn clean_run_against_the_fake_gtm() {
     assert_eq!(j["ok"], true);
     assert_eq!(j["target"]["addr"], gtm.addr.to_string());
     assert_eq!(j["load"]["backends"], 50);
+    assert_eq!(j["load"]["model"], "loop", "the default model");
     assert!(n(&j["txns"]) > 0);
     let count = |op: &str| n(&j["latency_us"][op]["count"]);
     assert_eq!(n(&j["ops"]), count("begin") + count("snapshot") + count("commit"));
@@ -703,4 +483,114 @@ fn json_to_a_file_beside_the_text_with_the_old_target_flags() {
     assert_eq!(j["target"]["addr"], gtm.addr.to_string());
     assert!(n(&j["txns"]) > 0);
     assert_eq!(j["load"]["think_us"], 1000);
+}
+
+/// The client id the simulator gives the next link: it hands one to every
+/// link it accepts, so the difference of two probes counts the links between.
+fn next_sim_link(sim: SocketAddr) -> u32 {
+    Client::backend(sim, "probe").client_id.expect("the simulator answers startup with a client id")
+}
+
+/// `--model threads`: one blocking connection per backend, as real XL
+/// backends make. The simulator saw exactly `--backends` links, and the
+/// fake (which checks for it) never got a second request before an answer.
+#[test]
+fn threads_model_against_the_simulator_and_the_fake() {
+    let sim = Daemon::sim(&[]);
+    let before = next_sim_link(sim.addr);
+    let args = [&target(sim.addr)[..], "--model", "threads", "-c", "200", "-T", "1s", "--warmup", "0s"];
+    let (out, j) = bench(&args, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    assert_eq!(j["load"]["model"], "threads");
+    assert_eq!((j["load"]["backends"].as_u64(), j["load"]["threads"].as_u64()), (Some(200), Some(200)));
+    assert!(n(&j["txns"]) > 0, "{j:#}");
+    assert_eq!(j["errors"]["total"], 0, "{j:#}");
+    assert_eq!(j["gxids"]["duplicates"], 0);
+    assert_eq!(j["connections"]["established"], 200);
+    assert_eq!(j["connections"]["reconnects"], 0);
+    assert_eq!(next_sim_link(sim.addr) - before - 1, 200, "links the simulator accepted");
+
+    let gtm = FakeGtm::start(Fault::None);
+    let args = [&target(gtm.addr)[..], "--model", "threads", "-c", "20", "-T", "500ms", "--warmup", "0s"];
+    let args = [&args[..], &["--think", "1ms", "--no-session-id"]].concat();
+    let (out, j) = bench(&args, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    let begins = gtm.state.begins.load(Ordering::Relaxed);
+    assert!(begins > 0 && gtm.state.bare_begins.load(Ordering::Relaxed) == begins);
+    assert_eq!(gtm.state.clients.load(Ordering::Relaxed) - 1, 20, "connections the fake accepted");
+    assert_eq!(gtm.violations(), Vec::<String>::new());
+}
+
+/// 1,000 backend threads through the proxy: the proxy holds one connection
+/// per backend while the run goes on (its gauge, read from its metrics).
+#[test]
+fn threads_model_through_the_proxy_with_a_thousand_backends() {
+    let sim = Daemon::sim(&[]);
+    let mport = harness::free_port();
+    let proxy = Daemon::proxy(sim.addr, &format!("metrics_port = {mport}\n"), 1);
+    let mut cmd = command(exe().to_str().unwrap());
+    // A think time keeps 1,000 threads from saturating a small machine; the
+    // window outlasts the metrics reads below by far.
+    cmd.args([&target(proxy.addr)[..], "--model", "threads", "-c", "1000", "--think", "5ms"]);
+    cmd.args(["-T", "5s", "--warmup", "1s", "--json"]);
+    let run = Guarded::spawn(cmd);
+    let backends = |m: &str| harness::metric_sum(m, "gtm_proxy_backends");
+    let seen = harness::wait_metrics(mport, "1000 backends", |m| backends(m) >= 1000);
+    assert_eq!(backends(&seen), 1000, "one connection per backend, no more");
+    let out = run.finish(Duration::from_secs(90));
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    assert_eq!(j["load"]["model"], "threads");
+    assert_eq!(j["connections"]["established"], 1000);
+    assert_eq!(j["errors"]["total"], 0, "{j:#}");
+    assert!(n(&j["txns"]) > 0, "{j:#}");
+}
+
+/// Errors in the threads model are counted, blamed on the right request and
+/// followed by reconnects, as in the loop model.
+#[test]
+fn threads_model_counts_errors_and_reconnects() {
+    for (fault, kind) in
+        [(Fault::ErrorOnCommitEvery(20), "server_error"), (Fault::CloseAfterCommitEvery(20), "unexpected_close")]
+    {
+        let gtm = FakeGtm::start(fault);
+        let t = target(gtm.addr);
+        let args =
+            [&t[..], "--model", "threads", "-c", "10", "-T", "1s", "--warmup", "0s", "--max-reconnects", "1000000"];
+        let (out, j) = bench(&args, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(1), "{j:#}");
+        let e = &j["errors"];
+        let k = n(&e["by_kind"][kind]);
+        assert!(k > 0 && n(&e["total"]) == k, "{kind} and nothing else: {j:#}");
+        let blamed = n(&e["by_op"]["commit"]) + if kind == "unexpected_close" { n(&e["by_op"]["begin"]) } else { 0 };
+        assert_eq!(blamed, k, "{e}");
+        assert!(n(&j["connections"]["reconnects"]) > 0, "{j:#}");
+        assert_eq!(gtm.violations(), Vec::<String>::new());
+    }
+}
+
+/// Compare and scenario modes name the threads model and keep their shape.
+#[test]
+fn threads_model_in_compare_and_scenario_modes() {
+    let args = ["--spawn-sim", "--direct", "--via-proxy", "--model", "threads", "--repeat", "1", "-c", "20"];
+    let args = [&args[..], &["-T", "500ms", "--warmup", "0s"]].concat();
+    let (out, j) = bench(&args, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    assert_eq!((j["mode"].as_str(), j["model"].as_str()), (Some("compare"), Some("threads")));
+    for t in j["targets"].as_array().unwrap() {
+        assert!(t["runs"].as_array().unwrap().iter().all(|r| r["load"]["model"] == "threads" && r["ok"] == true));
+    }
+    let text = stdout(&run_limited(exe(), &args, Duration::from_secs(60)));
+    assert!(text.contains("model threads"), "{text}");
+
+    let sim = Daemon::sim(&[]);
+    let args =
+        [&target(sim.addr)[..], "--model", "threads", "-c", "10", "-T", "1s", "--warmup", "0s", "--at", "300ms=true"];
+    let (out, j) = bench(&args, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{j:#}\n{}", stderr(&out));
+    let tl = &j["timeline"];
+    assert_eq!(tl["buckets"].as_array().unwrap().len(), 10);
+    assert_eq!(tl["event"]["exit"], "exit status: 0", "{tl:#}");
+    let ok: u64 = tl["buckets"].as_array().unwrap().iter().map(|b| n(&b["ok"])).sum();
+    assert_eq!(ok, n(&j["txns"]), "every commit of the window is in the timeline: {tl:#}");
 }

@@ -25,7 +25,6 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,11 +33,11 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::account::{self, backoff, io_error, Next, CLOSE_FRAME, MAX_BUFFERED, SCRATCH};
 use super::backend::{Backend, BackendError, ErrorKind, Op, Outcome};
-use super::shared::{LiveCounters, Shared, Window};
+use super::shared::{Shared, Window};
 use super::stats::Stats;
 use super::timeline::Timeline;
-use crate::codec::frame::DEFAULT_MAX_FRAME;
 use crate::netio::{self, ReadOutcome};
 use crate::timers::{TimerId, Timers};
 
@@ -46,17 +45,6 @@ use crate::timers::{TimerId, Timers};
 const SWEEP: Duration = Duration::from_millis(100);
 /// Poll timeout while a thread waits to learn the window.
 const WINDOW_POLL: Duration = Duration::from_millis(1);
-/// First reconnect delay; doubles per attempt up to [`BACKOFF_MAX`].
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Errors logged at warn level per loop thread; the rest go to debug.
-const WARN_ERRORS: u32 = 10;
-/// Read chunk.
-const SCRATCH: usize = 64 * 1024;
-/// Most bytes buffered from one connection: one maximal frame plus a chunk.
-const MAX_BUFFERED: usize = DEFAULT_MAX_FRAME + SCRATCH;
-/// The `X` frame: orderly close.
-const CLOSE_FRAME: &[u8] = b"X\x00\x00\x00\x04";
 
 /// Settings every loop thread shares.
 #[derive(Debug, Clone)]
@@ -167,7 +155,6 @@ pub struct Worker {
     drain_deadline: Option<Instant>,
     next_sweep: Instant,
     txn_seq: u64,
-    warned: u32,
     scratch: Box<[u8]>,
     stats: Stats,
 }
@@ -209,7 +196,6 @@ impl Worker {
             drain_deadline: None,
             next_sweep: now + SWEEP,
             txn_seq: 0,
-            warned: 0,
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             stats: Stats::default(),
             slots,
@@ -379,21 +365,10 @@ impl Worker {
         let now = Instant::now();
         let mut next = Next::Nothing;
         while let Some(outcome) = slot.backend.poll(&mut conn.rbuf, now, &mut conn.wbuf)? {
-            next = record(&mut self.stats, self.window, outcome, now);
-            count_live(&self.shared.live, outcome);
+            next = account::answered(&mut self.stats, &self.shared, self.window, outcome, now, slot.id);
             if let Outcome::Ready { .. } = outcome {
                 slot.phase = Phase::Active;
-                self.stats.conns.established += 1;
                 slot.settle_connect(&mut self.in_flight, &mut self.ramp_left, &self.shared);
-            }
-            if let Outcome::Began { gxid, .. } = outcome {
-                if !self.stats.gxids.began(gxid) && self.warned < WARN_ERRORS {
-                    self.warned += 1;
-                    log::warn!("backend {}: duplicate gxid {gxid}", slot.id);
-                }
-            }
-            if let Outcome::Committed { gxid, .. } = outcome {
-                self.stats.gxids.ended(gxid);
             }
         }
         if eof {
@@ -540,16 +515,9 @@ impl Worker {
 
     /// Count an error, drop the connection and reconnect (bounded) or give up.
     fn fail(&mut self, i: usize, kind: ErrorKind, op: Op, detail: String) {
-        self.stats.errors.add(kind, op);
-        self.stats.timeline.error(Instant::now());
-        self.shared.count_error();
         let slot = &self.slots[i];
-        if self.warned < WARN_ERRORS {
-            self.warned += 1;
-            log::warn!("backend {} ({}): {op}: {kind}: {detail}", slot.id, slot.backend.node_name());
-        } else {
-            log::debug!("backend {}: {op}: {kind}: {detail}", slot.id);
-        }
+        let e = BackendError::new(kind, op, detail);
+        account::failed(&mut self.stats, &self.shared, &e, slot.id, slot.backend.node_name());
         if matches!(slot.phase, Phase::Queued | Phase::Connecting | Phase::Handshake) {
             self.stats.conns.failed += 1;
         }
@@ -571,63 +539,6 @@ impl Worker {
     }
 }
 
-/// What the loop does after an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
-    /// The backend queued its next request itself (or nothing happened).
-    Nothing,
-    /// The backend is idle: begin, think, or close.
-    Idle,
-}
-
-/// Count one answer if it arrived inside the window.
-fn record(stats: &mut Stats, window: Option<Window>, outcome: Outcome, now: Instant) -> Next {
-    let counted = window.is_some_and(|w| w.contains(now));
-    match outcome {
-        Outcome::Ready { .. } => return Next::Idle,
-        Outcome::Began { latency, .. } if counted => {
-            stats.begin.record(latency);
-            stats.timeline.answered(now, latency);
-        }
-        Outcome::Snapshot { latency, .. } if counted => {
-            stats.snapshot.record(latency);
-            stats.timeline.answered(now, latency);
-        }
-        Outcome::Committed { latency, txn, .. } => {
-            if counted {
-                stats.commit.record(latency);
-                stats.txn.record(txn);
-                stats.timeline.answered(now, latency);
-                stats.timeline.committed(now);
-            }
-            return Next::Idle;
-        }
-        _ => {}
-    }
-    Next::Nothing
-}
-
-/// Feed the live counters behind the progress lines.
-fn count_live(live: &LiveCounters, outcome: Outcome) {
-    let latency = match outcome {
-        Outcome::Ready { .. } => {
-            live.established.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        Outcome::Committed { latency, .. } => {
-            live.committed.fetch_add(1, Ordering::Relaxed);
-            latency
-        }
-        Outcome::Began { latency, .. } | Outcome::Snapshot { latency, .. } => latency,
-    };
-    live.answered.fetch_add(1, Ordering::Relaxed);
-    live.latency_ns.fetch_add(latency.as_nanos() as u64, Ordering::Relaxed);
-}
-
-fn backoff(attempt: u32) -> Duration {
-    BACKOFF_MIN.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX)
-}
-
 /// Has a non-blocking connect completed? Ok(false): not yet (spurious wake-up).
 fn connect_status(sock: &TcpStream) -> io::Result<bool> {
     if let Some(e) = sock.take_error()? {
@@ -645,43 +556,4 @@ fn flush(conn: &mut Conn) -> io::Result<()> {
         netio::write_from(&mut conn.sock, &mut conn.wbuf)?;
     }
     Ok(())
-}
-
-fn io_error(op: Op, what: &str, e: io::Error) -> BackendError {
-    let kind = match e.kind() {
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
-            ErrorKind::UnexpectedClose
-        }
-        _ => ErrorKind::Io,
-    };
-    BackendError::new(kind, op, format!("{what}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(10));
-        assert_eq!(backoff(2), Duration::from_millis(20));
-        assert_eq!(backoff(8), Duration::from_secs(1));
-        assert_eq!(backoff(u32::MAX), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn only_answers_inside_the_window_count() {
-        let t0 = Instant::now();
-        let w = Window { start: t0 + Duration::from_secs(1), end: t0 + Duration::from_secs(2) };
-        let mut s = Stats::default();
-        let c = Outcome::Committed { gxid: 1, latency: Duration::from_micros(5), txn: Duration::from_micros(9) };
-        assert_eq!(record(&mut s, Some(w), c, t0), Next::Idle);
-        assert_eq!(record(&mut s, None, c, t0 + Duration::from_millis(1500)), Next::Idle);
-        assert_eq!(s.txns(), 0);
-        record(&mut s, Some(w), c, t0 + Duration::from_millis(1500));
-        let b = Outcome::Began { gxid: 1, latency: Duration::from_micros(5) };
-        assert_eq!(record(&mut s, Some(w), b, t0 + Duration::from_millis(1999)), Next::Nothing);
-        record(&mut s, Some(w), b, t0 + Duration::from_secs(2));
-        assert_eq!((s.txns(), s.ops()), (1, 2));
-    }
 }

@@ -58,11 +58,16 @@ pub fn run_summary(r: &RunReport) -> String {
     let spawned = if t.spawned.is_empty() { String::new() } else { format!(" (started: {})", t.spawned.join(", ")) };
     let _ = writeln!(o, "target: {} {}{}", t.label, t.addr, spawned);
     let l = &r.load;
+    let carried = if l.model == "threads" {
+        "one blocking thread each".to_string()
+    } else {
+        format!("{} event-loop thread(s)", l.threads)
+    };
     let _ = writeln!(
         o,
-        "load: {} backends on {} thread(s), think {}, warm-up {:.1} s, window {:.1} s (measured {:.1} s)",
+        "load: {} backends, model {} ({carried}), think {}, warm-up {:.1} s, window {:.1} s (measured {:.1} s)",
         l.backends,
-        l.threads,
+        l.model,
         if l.think_us == 0 { "none".into() } else { fmt_us(l.think_us as f64) },
         l.warmup_s,
         l.duration_s,
@@ -165,7 +170,13 @@ fn timeline_summary(o: &mut String, tl: &TimelineReport) {
 /// The side-by-side table of a comparison.
 pub fn compare_table(c: &CompareReport) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "compare: {} target(s), {} interleaved repeat(s) each; medians", c.targets.len(), c.repeats);
+    let _ = writeln!(
+        o,
+        "compare: {} target(s), {} interleaved repeat(s) each, model {}; medians",
+        c.targets.len(),
+        c.repeats,
+        c.model
+    );
     let w = c.targets.iter().map(|t| t.label.len()).max().unwrap_or(6).max(6);
     let _ = writeln!(
         o,

@@ -3,7 +3,9 @@
 //!
 //! * [`backend`]: one backend as a pure state machine (startup, then
 //!   begin → snapshot → commit, each answer validated strictly);
-//! * [`driver`]: the mio event loop(s) holding thousands of connections;
+//! * [`model`]: the two load models, [`driver`] (mio event loops holding
+//!   thousands of connections) and [`blocking`] (one thread and one blocking
+//!   socket per backend, as real backends are), both counting through [`account`];
 //! * [`stats`], [`timeline`]: latency histograms, error counts, the GXID
 //!   uniqueness check, and the per-100 ms view of a run;
 //! * [`spawn`], [`embedded`]: starting a simulator or any proxy binary;
@@ -14,11 +16,14 @@
 //! [`run_all`] ties them together: start what was asked for, then one run,
 //! or interleaved repeats against several targets (compare mode).
 
+pub mod account;
 pub mod backend;
+pub mod blocking;
 pub mod cpu;
 pub mod driver;
 pub mod embedded;
 pub mod human;
+pub mod model;
 pub mod multis;
 pub mod plot;
 pub mod report;
@@ -38,6 +43,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use embedded::Role;
+use model::Model;
 use report::{CompareReport, CompareTarget, Output};
 use scenario::Event;
 use spawn::{DataDir, Process, Program, SpawnError};
@@ -72,6 +78,9 @@ pub struct Config {
     pub event: Option<Event>,
     pub plot: Option<PathBuf>,
     pub backends: usize,
+    /// How backends are carried: event loops (default) or a thread each.
+    pub model: Model,
+    /// Event-loop threads (loop model only).
     pub threads: usize,
     pub duration: Duration,
     pub warmup: Duration,
@@ -110,6 +119,7 @@ impl Default for Config {
             event: None,
             plot: None,
             backends: 100,
+            model: Model::Loop,
             threads: 1,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
@@ -285,6 +295,9 @@ pub fn run_all(cfg: &Config, interrupted: Arc<AtomicBool>) -> Result<Output, Ben
     if cfg.backends == 0 || cfg.threads == 0 || cfg.repeat == 0 {
         return Err(BenchError::Usage("--backends, --threads and --repeat must be at least 1".into()));
     }
+    if cfg.model == Model::Threads && cfg.threads > 1 {
+        log::warn!("--threads {} ignored: the threads model runs one thread per backend", cfg.threads);
+    }
     match crate::netio::raise_fd_limit() {
         Ok(n) if (n as usize) < cfg.backends + 64 => {
             log::warn!("open-file limit is {n}: not enough for {} connections", cfg.backends)
@@ -338,6 +351,7 @@ pub fn run_all(cfg: &Config, interrupted: Arc<AtomicBool>) -> Result<Output, Ben
         schema: report::SCHEMA_VERSION,
         ok,
         repeats: cfg.repeat,
+        model: cfg.model.as_str(),
         targets: out,
     }))
 }

@@ -101,7 +101,10 @@ pub struct Target {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Load {
+    /// "loop" (event loops) or "threads" (one blocking thread per backend).
+    pub model: &'static str,
     pub backends: usize,
+    /// OS threads carrying the backends: loop threads, or one per backend.
     pub threads: usize,
     pub think_us: u64,
     pub session_ids: bool,
@@ -229,6 +232,8 @@ pub struct CompareReport {
     pub schema: u32,
     pub ok: bool,
     pub repeats: usize,
+    /// The load model of every run: "loop" or "threads".
+    pub model: &'static str,
     pub targets: Vec<CompareTarget>,
 }
 

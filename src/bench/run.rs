@@ -4,16 +4,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::driver::{LoopConfig, Worker};
+use super::driver::LoopConfig;
 use super::human;
+use super::model::{Drivers, Model};
 use super::multis::Scrape;
 use super::report::{self, Cpu, EventReport, LatencySet, LatencyStats, Load, RunReport, Target};
 use super::scenario::Running;
 use super::shared::Shared;
-use super::stats::{Latency, Stats};
+use super::stats::Latency;
 use super::{cpu, BenchError, Children, Config, TargetInfo};
 
 /// A run's report, and the transaction latencies the plot's CDF is drawn from.
@@ -123,14 +123,18 @@ pub fn run_one(
     children: &mut Children,
     interrupted: &Arc<AtomicBool>,
 ) -> Result<RunOutput, BenchError> {
-    let threads = cfg.threads.min(cfg.backends);
+    let threads = cfg.model.threads(cfg);
+    let connect_concurrency = match cfg.model {
+        Model::Loop => cfg.connect_concurrency.div_ceil(threads).max(1),
+        Model::Threads => cfg.connect_concurrency.max(1),
+    };
     let lcfg = Arc::new(LoopConfig {
         addr: t.addr,
         think: cfg.think,
         connect_timeout: cfg.connect_timeout,
         request_timeout: cfg.request_timeout,
         max_reconnects: cfg.max_reconnects,
-        connect_concurrency: cfg.connect_concurrency.div_ceil(threads).max(1),
+        connect_concurrency,
         drain: cfg.drain,
         pid: std::process::id(),
         session_ids: cfg.session_ids,
@@ -140,27 +144,9 @@ pub fn run_one(
         timeline: cfg.event.is_some() || cfg.plot.is_some(),
     });
     let shared = Arc::new(Shared::new(threads, cfg.warmup, cfg.duration, cfg.max_errors, interrupted.clone()));
-    log::info!("{} backends on {threads} loop thread(s) against {} {}", cfg.backends, t.label, t.addr);
+    log::info!("{} backends, model {}, on {threads} thread(s) against {} {}", cfg.backends, cfg.model, t.label, t.addr);
     let started = Instant::now();
-    let mut handles: Vec<JoinHandle<std::io::Result<Stats>>> = Vec::with_capacity(threads);
-    for th in 0..threads {
-        let mine: Vec<(usize, String)> =
-            (th..cfg.backends).step_by(threads).map(|i| (i, cfg.node_name_of(i))).collect();
-        let (lcfg, shared2) = (lcfg.clone(), shared.clone());
-        let h = std::thread::Builder::new()
-            .name(format!("gtm_bench-{th}"))
-            .spawn(move || Worker::new(th, mine, lcfg, shared2)?.run());
-        match h {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                shared.request_stop("thread start failed");
-                for h in handles {
-                    let _ = h.join();
-                }
-                return Err(BenchError::Thread(e));
-            }
-        }
-    }
+    let drivers = Drivers::start(cfg, &lcfg, &shared)?;
 
     let procs = watched(cfg, children);
     let (mut first, mut last) = (None, None);
@@ -179,7 +165,7 @@ pub fn run_one(
     let mut event: Option<Running> = None;
     let mut event_error = None;
     let mut exited = [false; 2];
-    while !handles.iter().all(|h| h.is_finished()) {
+    while !drivers.is_finished() {
         let now = Instant::now();
         let mut nap = Duration::from_millis(5);
         if let Some(w) = shared.window() {
@@ -244,18 +230,7 @@ pub fn run_one(
         return Err(BenchError::Scenario(e));
     }
 
-    let mut stats = Stats::default();
-    let mut failure = None;
-    for (th, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(Ok(s)) => stats.merge(s),
-            Ok(Err(e)) => failure = Some(BenchError::Loop { thread: th, detail: e.to_string() }),
-            Err(_) => failure = Some(BenchError::Loop { thread: th, detail: "panicked".into() }),
-        }
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let stats = drivers.join()?;
     let measured = match (shared.window(), shared.stopped_at()) {
         (Some(w), Some(s)) if s < w.end => s.saturating_duration_since(w.start),
         (Some(w), _) => w.end - w.start,
@@ -296,6 +271,7 @@ pub fn run_one(
         stop_reason,
         target: Target { label: t.label.clone(), addr: t.addr.to_string(), spawned },
         load: Load {
+            model: cfg.model.as_str(),
             backends: cfg.backends,
             threads,
             think_us: cfg.think.as_micros() as u64,

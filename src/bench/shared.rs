@@ -2,13 +2,15 @@
 //! measurement window, the stop request with its reason, the error count
 //! behind `--max-errors`, and live counters for progress lines.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Margin between the window being decided and it opening, so every loop
 /// thread knows the window before its first countable answer.
 const WINDOW_SYNC: Duration = Duration::from_millis(10);
+/// Errors and duplicate GXIDs logged at warn level per run; the rest go to debug.
+const WARN_BUDGET: u32 = 10;
 
 /// The measurement window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +25,9 @@ impl Window {
     }
 }
 
-/// State shared by the loop threads and the coordinating thread.
+/// State shared by the threads driving backends (loop threads, or one
+/// thread per backend) and the coordinating thread. `threads` in [`Shared::new`]
+/// is how many of them report the end of their initial connects.
 #[derive(Debug)]
 pub struct Shared {
     stop: AtomicBool,
@@ -31,6 +35,7 @@ pub struct Shared {
     stopped_at: OnceLock<Instant>,
     errors: AtomicU64,
     max_errors: u64,
+    warned: AtomicU32,
     ramping: AtomicUsize,
     ramp_done_at: OnceLock<Instant>,
     window: OnceLock<Window>,
@@ -68,6 +73,7 @@ impl Shared {
             stopped_at: OnceLock::new(),
             errors: AtomicU64::new(0),
             max_errors,
+            warned: AtomicU32::new(0),
             ramping: AtomicUsize::new(threads),
             ramp_done_at: OnceLock::new(),
             window: OnceLock::new(),
@@ -121,6 +127,13 @@ impl Shared {
             let start = now + WINDOW_SYNC + self.warmup;
             let _ = self.window.set(Window { start, end: start + self.duration });
         }
+    }
+
+    /// Whether the next problem may be logged at warn level (the first
+    /// [`WARN_BUDGET`] of the run may), so thousands of backends failing at
+    /// once do not flood the terminal.
+    pub(super) fn may_warn(&self) -> bool {
+        self.warned.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < WARN_BUDGET).then_some(n + 1)).is_ok()
     }
 
     pub(super) fn count_error(&self) {

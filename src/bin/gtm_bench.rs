@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use gtmproxy::bench::embedded::{self, Role};
+use gtmproxy::bench::model::Model;
 use gtmproxy::bench::report::Output;
 use gtmproxy::bench::scenario::Event;
 use gtmproxy::bench::{self, human, parse_duration, Config};
@@ -71,7 +72,12 @@ struct Args {
     /// Simulated backends (one TCP connection each).
     #[arg(short = 'c', long, default_value_t = 100)]
     backends: usize,
-    /// Event-loop threads the backends are spread over.
+    /// How backends are carried: `loop` (event loops, many connections each: the most load
+    /// one process can offer) or `threads` (one OS thread and one blocking socket per
+    /// backend, one request at a time: the shape of real XL backends).
+    #[arg(long, default_value = "loop", value_parser = Model::parse, value_name = "loop|threads")]
+    model: Model,
+    /// Event-loop threads the backends are spread over (loop model).
     #[arg(short = 'j', long, default_value_t = 1)]
     threads: usize,
     /// Measured time (after the warm-up).
@@ -181,6 +187,7 @@ impl Args {
             event: self.at.clone(),
             plot: self.plot.clone(),
             backends: self.backends,
+            model: self.model,
             threads: self.threads,
             duration: self.duration,
             warmup: self.warmup,
